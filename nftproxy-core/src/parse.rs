@@ -1,0 +1,1 @@
+//! Parsing Kubernetes objects (YAML or JSON) and KubeProxyConfiguration into validated types.

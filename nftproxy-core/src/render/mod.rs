@@ -1,0 +1,1 @@
+//! Renderers: nft text (for review and golden files) and libnftables JSON (for applying).
