@@ -1,8 +1,46 @@
 //! Snapshot + config → ruleset.
+//!
+//! # Layout
+//!
+//! One table per IP family. Every service entry point is a *key*: `daddr . l4proto . dport` for
+//! ClusterIPs, external IPs and LoadBalancer IPs ("VIP keys"), `l4proto . dport` for NodePorts
+//! ("NodePort keys"). All per-service state lives in elements of named maps indexed by those keys:
+//!
+//! * `service-ips` / `service-nodeports` send a key to one of a few fixed *policy* chains
+//!   (`internal-cluster`, `internal-local`, `external`, `external-local` and their `np-` twins),
+//!   which mark for masquerade as kube-proxy does and then look the key up again in
+//!   `cluster-lb` / `local-lb` to reach a *load-balancing* chain.
+//! * A load-balancing chain `lb-C[-oK][-aff]` picks one of `C` endpoint *slots* starting at `K`
+//!   with `numgen random mod C offset K`, after honouring ClientIP affinity. There is one such chain
+//!   per distinct (count, offset, affinity) in the cluster, not per service.
+//! * Slot chain `ep-I` DNATs to `KEY map @ep-I-addr : KEY map @ep-I-port`. Slot `I` of every
+//!   service lives in the same pair of maps, so the number of slot chains is the largest endpoint
+//!   count of any one service, independent of the number of services.
+//!
+//! For a service that uses both endpoint lists (externalTrafficPolicy or internalTrafficPolicy
+//! Local), the slots hold local-only endpoints first, then local endpoints that are also cluster
+//! endpoints, then cluster-only endpoints, so both lists are contiguous ranges.
+//!
+//! Filtering happens in filter chains as in kube-proxy: `firewall-check` (loadBalancerSourceRanges)
+//! before DNAT, `service-endpoints-check` / `nodeport-endpoints-check` (reject or drop for services
+//! without usable endpoints) and `cluster-ips-check` (reject for undefined ports of a ClusterIP)
+//! after DNAT. Masquerading uses a mark bit, and hairpin traffic (a pod reaching itself through a
+//! service) is recognised in postrouting by the `hairpin` set of `endpoint . endpoint` pairs.
 
-use crate::config::ProxyConfig;
-use crate::ruleset::Ruleset;
-use crate::snapshot::{Snapshot, Warning};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::config::{DetectLocal, ProxyConfig};
+use crate::ruleset::{
+    BaseChain, Chain, ChainType, DataType, ElemData, Expr, Hook, KeyType, MapRef, MarkOp, MatchOp,
+    MatchRight, Rule, Ruleset, Set, SetFlags, Stmt, Table, Value, Verdict,
+};
+use crate::snapshot::{
+    IpFamily, ObjectName, Protocol, Service, ServiceType, Snapshot, TrafficPolicy,
+    Warning,
+};
 
 /// The compiled ruleset and what was skipped on the way.
 #[derive(Debug, Clone, Default)]
@@ -16,12 +54,927 @@ pub struct Compiled {
 /// Why a snapshot could not be compiled.
 #[derive(Debug, thiserror::Error)]
 pub enum CompileError {
-    /// Placeholder.
-    #[error("not implemented")]
-    Todo,
+    /// No node name: without it no endpoint can be recognised as local.
+    #[error("no node name: set hostnameOverride in the config or pass --node-name")]
+    MissingNodeName,
+    /// The masquerade bit is outside 0..=31.
+    #[error("nftables.masqueradeBit {0} is out of range 0..=31")]
+    MasqueradeBit(u8),
+    /// The table name is not a valid nft identifier.
+    #[error("table name {0:?} is not a valid nft identifier ([A-Za-z][A-Za-z0-9_-]*, at most 64 characters)")]
+    TableName(String),
 }
 
-/// Compiles a snapshot.
-pub fn compile(_snapshot: &Snapshot, _config: &ProxyConfig) -> Result<Compiled, CompileError> {
-    Err(CompileError::Todo)
+/// Names of the fixed chains and sets, shared with the tracer and tests.
+pub mod names {
+    /// Verdict map: VIP key → policy chain.
+    pub const SERVICE_IPS: &str = "service-ips";
+    /// Verdict map: NodePort key → policy chain.
+    pub const SERVICE_NODEPORTS: &str = "service-nodeports";
+    /// Verdict map: VIP key → load-balancing chain over the cluster endpoints.
+    pub const CLUSTER_LB: &str = "cluster-lb";
+    /// Verdict map: VIP key → load-balancing chain over the local endpoints.
+    pub const LOCAL_LB: &str = "local-lb";
+    /// Verdict map: NodePort key → load-balancing chain over the cluster endpoints.
+    pub const NP_CLUSTER_LB: &str = "np-cluster-lb";
+    /// Verdict map: NodePort key → load-balancing chain over the local endpoints.
+    pub const NP_LOCAL_LB: &str = "np-local-lb";
+    /// Verdict map: VIP key without usable endpoints → reject or drop.
+    pub const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
+    /// Verdict map: NodePort key without usable endpoints → reject or drop.
+    pub const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
+    /// Set of VIP keys guarded by loadBalancerSourceRanges.
+    pub const FIREWALL_IPS: &str = "firewall-ips";
+    /// Set of `VIP key . source range` allowed through the firewall.
+    pub const FIREWALL_ALLOW: &str = "firewall-allow";
+    /// Set of all ClusterIPs.
+    pub const CLUSTER_IPS: &str = "cluster-ips";
+    /// Set of node addresses that answer NodePorts.
+    pub const NODEPORT_IPS: &str = "nodeport-ips";
+    /// Set of pod CIDRs that count as "inside the cluster".
+    pub const POD_CIDRS: &str = "pod-cidrs";
+    /// Set of `endpoint . endpoint` pairs: hairpin traffic to masquerade.
+    pub const HAIRPIN: &str = "hairpin";
+    /// Chain that sets the masquerade mark.
+    pub const MARK_FOR_MASQ: &str = "mark-for-masq";
+    /// Chain that rejects.
+    pub const REJECT_CHAIN: &str = "reject-chain";
+}
+use names::*;
+
+/// Where a key lives: VIP keys (`daddr . l4proto . dport`) or NodePort keys (`l4proto . dport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum KeySpace {
+    Vip,
+    NodePort,
+}
+
+impl KeySpace {
+    fn prefix(self) -> &'static str {
+        match self {
+            Self::Vip => "",
+            Self::NodePort => "np-",
+        }
+    }
+    fn key_expr(self, f: IpFamily) -> Expr {
+        match self {
+            Self::Vip => Expr::Concat(vec![Expr::Daddr(f), Expr::L4Proto, Expr::Dport]),
+            Self::NodePort => Expr::Concat(vec![Expr::L4Proto, Expr::Dport]),
+        }
+    }
+    fn key_types(self, f: IpFamily) -> Vec<KeyType> {
+        match self {
+            Self::Vip => vec![KeyType::addr(f), KeyType::InetProto, KeyType::InetService],
+            Self::NodePort => vec![KeyType::InetProto, KeyType::InetService],
+        }
+    }
+    fn affinity_expr(self, f: IpFamily) -> Expr {
+        match self {
+            Self::Vip => {
+                Expr::Concat(vec![Expr::Saddr(f), Expr::Daddr(f), Expr::L4Proto, Expr::Dport])
+            }
+            Self::NodePort => Expr::Concat(vec![Expr::Saddr(f), Expr::L4Proto, Expr::Dport]),
+        }
+    }
+    fn affinity_types(self, f: IpFamily) -> Vec<KeyType> {
+        let mut t = vec![KeyType::addr(f)];
+        t.extend(self.key_types(f));
+        t
+    }
+    fn lb_map(self, local: bool) -> &'static str {
+        match (self, local) {
+            (Self::Vip, false) => CLUSTER_LB,
+            (Self::Vip, true) => LOCAL_LB,
+            (Self::NodePort, false) => NP_CLUSTER_LB,
+            (Self::NodePort, true) => NP_LOCAL_LB,
+        }
+    }
+}
+
+/// Name of slot chain `i`.
+pub fn slot_chain(np: bool, i: u32) -> String {
+    format!("{}ep-{i}", if np { "np-" } else { "" })
+}
+
+/// Names of the address and port maps of slot `i`.
+pub fn slot_maps(np: bool, i: u32) -> (String, String) {
+    let p = if np { "np-" } else { "" };
+    (format!("{p}ep-{i}-addr"), format!("{p}ep-{i}-port"))
+}
+
+/// A load-balancing chain: `count` slots from `offset`, with or without ClientIP affinity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct LbSpec {
+    space: KeySpace,
+    count: u32,
+    offset: u32,
+    affinity: bool,
+}
+
+impl LbSpec {
+    fn chain_name(&self) -> String {
+        let mut s = format!("{}lb-{}", self.space.prefix(), self.count);
+        if self.offset > 0 {
+            s.push_str(&format!("-o{}", self.offset));
+        }
+        if self.affinity {
+            s.push_str("-aff");
+        }
+        s
+    }
+}
+
+/// A usable endpoint of one service port: address, target port and the facts that select it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Ep {
+    addr: IpAddr,
+    port: u16,
+    ready: bool,
+    serving: bool,
+    terminating: bool,
+    local: bool,
+    hint_zones: Vec<String>,
+    hint_nodes: Vec<String>,
+}
+
+/// kube-proxy's `CategorizeEndpoints`: the endpoints for Cluster and Local traffic policy, and
+/// whether the service has any usable endpoint anywhere.
+#[derive(Debug, Default)]
+struct Categorized {
+    cluster: Vec<(IpAddr, u16)>,
+    local: Vec<(IpAddr, u16)>,
+    has_any: bool,
+}
+
+fn topology_mode(eps: &[Ep], node: &str, zone: Option<&str>) -> Option<bool> {
+    // Some(true) = same-node hints, Some(false) = same-zone hints, None = no topology.
+    let mut all_node_hints = true;
+    let mut has_for_node = false;
+    let mut all_zone_hints = true;
+    let mut has_for_zone = false;
+    for ep in eps.iter().filter(|e| e.ready) {
+        if ep.hint_nodes.is_empty() {
+            all_node_hints = false;
+        } else if ep.hint_nodes.iter().any(|n| n == node) {
+            has_for_node = true;
+        }
+        if ep.hint_zones.is_empty() {
+            all_zone_hints = false;
+        } else if zone.is_some_and(|z| ep.hint_zones.iter().any(|h| h == z)) {
+            has_for_zone = true;
+        }
+    }
+    if all_node_hints && has_for_node {
+        return Some(true);
+    }
+    if all_zone_hints && has_for_zone {
+        return Some(false);
+    }
+    None
+}
+
+fn categorize(
+    eps: &[Ep],
+    uses_cluster: bool,
+    uses_local: bool,
+    node: &str,
+    zone: Option<&str>,
+) -> Categorized {
+    let mut out = Categorized::default();
+    let pick = |e: &Ep| (e.addr, e.port);
+    if uses_cluster {
+        let mode = topology_mode(eps, node, zone);
+        let available = |e: &Ep| match mode {
+            None => true,
+            Some(true) => e.hint_nodes.iter().any(|n| n == node),
+            Some(false) => zone.is_some_and(|z| e.hint_zones.iter().any(|h| h == z)),
+        };
+        out.cluster = eps.iter().filter(|e| e.ready && available(e)).map(pick).collect();
+        if out.cluster.is_empty() {
+            out.cluster = eps
+                .iter()
+                .filter(|e| e.serving && e.terminating && available(e))
+                .map(pick)
+                .collect();
+        }
+        out.has_any = !out.cluster.is_empty();
+    }
+    if !uses_local {
+        return out;
+    }
+    let mut local_ready = false;
+    let mut local_serving_terminating = false;
+    for e in eps {
+        if e.ready {
+            out.has_any = true;
+            local_ready |= e.local;
+        } else if e.serving && e.terminating {
+            out.has_any = true;
+            local_serving_terminating |= e.local;
+        }
+    }
+    if local_ready {
+        out.local = eps.iter().filter(|e| e.local && e.ready).map(pick).collect();
+    } else if local_serving_terminating {
+        out.local =
+            eps.iter().filter(|e| e.local && e.serving && e.terminating).map(pick).collect();
+    }
+    out
+}
+
+/// Arranges the two endpoint lists into slots: local-only, both, cluster-only. Returns the slots
+/// and the (offset, count) ranges of the cluster and local lists.
+fn arrange_slots(
+    cluster: &[(IpAddr, u16)],
+    local: &[(IpAddr, u16)],
+) -> (Vec<(IpAddr, u16)>, (u32, u32), (u32, u32)) {
+    let cset: BTreeSet<_> = cluster.iter().copied().collect();
+    let lset: BTreeSet<_> = local.iter().copied().collect();
+    let local_only: Vec<_> = lset.difference(&cset).copied().collect();
+    let both: Vec<_> = lset.intersection(&cset).copied().collect();
+    let cluster_only: Vec<_> = cset.difference(&lset).copied().collect();
+    let mut slots = local_only;
+    let cluster_offset = slots.len() as u32;
+    slots.extend(both.iter().copied());
+    slots.extend(cluster_only);
+    let local_range = (0, lset.len() as u32);
+    let cluster_range = (cluster_offset, cset.len() as u32);
+    (slots, cluster_range, local_range)
+}
+
+/// Everything one family's table is built from, filled service by service.
+struct FamilyBuilder<'a> {
+    family: IpFamily,
+    cfg: &'a ProxyConfig,
+    sets: BTreeMap<String, Set>,
+    lb_specs: BTreeSet<LbSpec>,
+    slots: BTreeMap<KeySpace, u32>,
+    affinity_timeouts: BTreeMap<KeySpace, BTreeSet<u32>>,
+    pod_cidrs: Vec<IpNet>,
+    nodeports_all_local: bool,
+    warnings: Vec<Warning>,
+    owners: BTreeMap<(String, Vec<Value>), ObjectName>,
+}
+
+fn v(a: IpAddr, p: Protocol, port: u16) -> Vec<Value> {
+    vec![Value::Addr(a), Value::Proto(p), Value::Port(port)]
+}
+
+fn np(p: Protocol, port: u16) -> Vec<Value> {
+    vec![Value::Proto(p), Value::Port(port)]
+}
+
+fn goto(c: impl Into<String>) -> ElemData {
+    ElemData::Verdict(Verdict::Goto(c.into()))
+}
+
+impl<'a> FamilyBuilder<'a> {
+    fn new(family: IpFamily, cfg: &'a ProxyConfig) -> Self {
+        let f = family;
+        let mut sets = BTreeMap::new();
+        let vip = KeySpace::Vip.key_types(f);
+        let npk = KeySpace::NodePort.key_types(f);
+        let addr = vec![KeyType::addr(f)];
+        let mut add = |name: &str, key: Vec<KeyType>, data: Option<DataType>, interval: bool, comment: &str| {
+            let mut s = Set::new(name, key, data);
+            s.flags.interval = interval;
+            s.comment = Some(comment.to_owned());
+            sets.insert(name.to_owned(), s);
+        };
+        add(SERVICE_IPS, vip.clone(), Some(DataType::Verdict), false, "ClusterIP, external IP and LoadBalancer IP ports");
+        add(SERVICE_NODEPORTS, npk.clone(), Some(DataType::Verdict), false, "NodePorts");
+        add(CLUSTER_LB, vip.clone(), Some(DataType::Verdict), false, "endpoints for Cluster traffic policy");
+        add(LOCAL_LB, vip.clone(), Some(DataType::Verdict), false, "endpoints for Local traffic policy");
+        add(NP_CLUSTER_LB, npk.clone(), Some(DataType::Verdict), false, "NodePort endpoints for Cluster traffic policy");
+        add(NP_LOCAL_LB, npk.clone(), Some(DataType::Verdict), false, "NodePort endpoints for Local traffic policy");
+        add(NO_ENDPOINT_SERVICES, vip.clone(), Some(DataType::Verdict), false, "service ports without usable endpoints");
+        add(NO_ENDPOINT_NODEPORTS, npk, Some(DataType::Verdict), false, "NodePorts without usable endpoints");
+        add(FIREWALL_IPS, vip.clone(), None, false, "LoadBalancer IP ports with loadBalancerSourceRanges");
+        let mut fw = vip;
+        fw.push(KeyType::addr(f));
+        add(FIREWALL_ALLOW, fw, None, true, "allowed sources of LoadBalancer IP ports");
+        add(CLUSTER_IPS, addr.clone(), None, false, "all ClusterIPs");
+        add(NODEPORT_IPS, addr.clone(), None, false, "node addresses that accept NodePorts");
+        add(POD_CIDRS, addr.clone(), None, true, "sources inside the cluster");
+        add(HAIRPIN, vec![KeyType::addr(f), KeyType::addr(f)], None, false, "endpoint . endpoint: hairpin traffic to masquerade");
+        Self {
+            family,
+            cfg,
+            sets,
+            lb_specs: BTreeSet::new(),
+            slots: BTreeMap::new(),
+            affinity_timeouts: BTreeMap::new(),
+            pod_cidrs: Vec::new(),
+            nodeports_all_local: false,
+            warnings: Vec::new(),
+            owners: BTreeMap::new(),
+        }
+    }
+
+    fn set_mut(&mut self, name: &str) -> &mut Set {
+        // Every name passed here is created in `new` or `ensure_*` before use.
+        self.sets.entry(name.to_owned()).or_insert_with(|| Set::new(name, Vec::new(), None))
+    }
+
+    /// Inserts an element owned by a service; a key already owned by another service is a conflict
+    /// (the first service, in name order, keeps it).
+    fn put(&mut self, owner: &ObjectName, set: &str, key: Vec<Value>, data: Option<ElemData>) {
+        let id = (set.to_owned(), key);
+        match self.owners.get(&id) {
+            Some(o) if o != owner => {
+                self.warnings.push(Warning {
+                    object: format!("Service {owner}"),
+                    message: format!(
+                        "{} {} is already used by service {o}; ignored here",
+                        set,
+                        describe_key(&id.1)
+                    ),
+                });
+            }
+            Some(_) => {}
+            None => {
+                self.owners.insert(id.clone(), owner.clone());
+                self.set_mut(set).elements.insert(id.1, data);
+            }
+        }
+    }
+
+    fn put_shared(&mut self, set: &str, key: Vec<Value>) {
+        self.set_mut(set).elements.insert(key, None);
+    }
+
+    fn ensure_slot(&mut self, space: KeySpace, i: u32) {
+        let f = self.family;
+        let n = self.slots.entry(space).or_insert(0);
+        if *n > i {
+            return;
+        }
+        for j in *n..=i {
+            let (am, pm) = slot_maps(space == KeySpace::NodePort, j);
+            let mut a = Set::new(&am, space.key_types(f), Some(DataType::Addr));
+            a.comment = Some(format!("address of endpoint slot {j}"));
+            let mut p = Set::new(&pm, space.key_types(f), Some(DataType::InetService));
+            p.comment = Some(format!("port of endpoint slot {j}"));
+            self.sets.insert(am, a);
+            self.sets.insert(pm, p);
+        }
+        *n = i + 1;
+    }
+
+    /// Writes the slots of one key and registers the load-balancing chains it needs.
+    fn put_endpoints(
+        &mut self,
+        owner: &ObjectName,
+        space: KeySpace,
+        key: &[Value],
+        slots: &[(IpAddr, u16)],
+        ranges: &[(bool, (u32, u32))],
+        affinity: Option<u32>,
+    ) {
+        let np_space = space == KeySpace::NodePort;
+        let mut used = BTreeSet::new();
+        for (local, (offset, count)) in ranges {
+            if *count == 0 {
+                continue;
+            }
+            let spec = LbSpec { space, count: *count, offset: *offset, affinity: affinity.is_some() };
+            self.lb_specs.insert(spec);
+            self.put(owner, space.lb_map(*local), key.to_vec(), Some(goto(spec.chain_name())));
+            used.extend(*offset..offset + count);
+        }
+        for i in used {
+            let (addr, port) = slots[i as usize];
+            self.ensure_slot(space, i);
+            let (am, pm) = slot_maps(np_space, i);
+            self.put(owner, &am, key.to_vec(), Some(ElemData::Addr(addr)));
+            self.put(owner, &pm, key.to_vec(), Some(ElemData::Port(port)));
+            self.put_shared(HAIRPIN, vec![Value::Addr(addr), Value::Addr(addr)]);
+        }
+        if let Some(t) = affinity {
+            self.affinity_timeouts.entry(space).or_default().insert(t);
+            let set = affinity_set(space, t);
+            if !self.sets.contains_key(&set) {
+                let mut s = Set::new(&set, space.key_types(self.family), None);
+                s.comment = Some(format!("ports with ClientIP affinity, timeout {t}s"));
+                self.sets.insert(set.clone(), s);
+            }
+            self.put(owner, &set, key.to_vec(), None);
+        }
+    }
+
+    fn add_service(&mut self, svc: &Service, snapshot: &Snapshot, node: &str, zone: Option<&str>) {
+        let f = self.family;
+        let Some(cluster_ip) = svc.cluster_ips.iter().copied().find(|ip| IpFamily::of(ip) == f)
+        else {
+            return;
+        };
+        self.put_shared(CLUSTER_IPS, vec![Value::Addr(cluster_ip)]);
+        let external_ips: Vec<IpAddr> =
+            svc.external_ips.iter().copied().filter(|ip| IpFamily::of(ip) == f).collect();
+        let lb_ips: Vec<IpAddr> = if svc.service_type == ServiceType::LoadBalancer {
+            svc.load_balancer_ips.iter().copied().filter(|ip| IpFamily::of(ip) == f).collect()
+        } else {
+            Vec::new()
+        };
+        let node_port_type =
+            matches!(svc.service_type, ServiceType::NodePort | ServiceType::LoadBalancer);
+        for port in &svc.ports {
+            let node_port = if node_port_type { port.node_port } else { None };
+            let externally_accessible =
+                node_port.is_some() || !external_ips.is_empty() || !lb_ips.is_empty();
+            let etp_local =
+                svc.external_traffic_policy == TrafficPolicy::Local && externally_accessible;
+            let itp_local = svc.internal_traffic_policy == TrafficPolicy::Local;
+            let uses_cluster = !itp_local || externally_accessible;
+            let uses_local = itp_local || etp_local;
+            let eps = endpoints_for(snapshot, svc, port.name.as_str(), port.protocol, f, node);
+            let cat = categorize(&eps, uses_cluster, uses_local, node, zone);
+            let (slots, cluster_range, local_range) = arrange_slots(&cat.cluster, &cat.local);
+            let has_internal = if itp_local { !cat.local.is_empty() } else { cat.has_any };
+            let has_external = if etp_local { !cat.local.is_empty() } else { cat.has_any };
+            let filter_target = if cat.has_any {
+                ElemData::Verdict(Verdict::Drop)
+            } else {
+                goto(REJECT_CHAIN)
+            };
+            let owner = &svc.name;
+            let proto = port.protocol;
+            let affinity = svc.session_affinity_timeout;
+
+            // ClusterIP.
+            let key = v(cluster_ip, proto, port.port);
+            if has_internal {
+                let policy = if itp_local { "internal-local" } else { "internal-cluster" };
+                self.put(owner, SERVICE_IPS, key.clone(), Some(goto(policy)));
+                let range = if itp_local { (true, local_range) } else { (false, cluster_range) };
+                self.put_endpoints(owner, KeySpace::Vip, &key, &slots, &[range], affinity);
+            } else {
+                self.put(owner, NO_ENDPOINT_SERVICES, key, Some(filter_target.clone()));
+            }
+
+            // External IPs and LoadBalancer IPs.
+            let ext_policy = if etp_local { "external-local" } else { "external" };
+            let ext_ranges: Vec<(bool, (u32, u32))> = if etp_local {
+                vec![(false, cluster_range), (true, local_range)]
+            } else {
+                vec![(false, cluster_range)]
+            };
+            let fw = cat.has_any && !lb_ips.is_empty() && !svc.load_balancer_source_ranges.is_empty();
+            for (ip, is_lb) in external_ips.iter().map(|i| (*i, false)).chain(lb_ips.iter().map(|i| (*i, true))) {
+                let key = v(ip, proto, port.port);
+                if cat.has_any {
+                    self.put(owner, SERVICE_IPS, key.clone(), Some(goto(ext_policy)));
+                    self.put_endpoints(owner, KeySpace::Vip, &key, &slots, &ext_ranges, affinity);
+                }
+                if !has_external {
+                    self.put(owner, NO_ENDPOINT_SERVICES, key.clone(), Some(filter_target.clone()));
+                }
+                if is_lb && fw {
+                    self.put(owner, FIREWALL_IPS, key.clone(), None);
+                    for src in self.firewall_sources(svc, &lb_ips) {
+                        let mut k = key.clone();
+                        k.push(Value::Prefix(src));
+                        self.put(owner, FIREWALL_ALLOW, k, None);
+                    }
+                }
+            }
+
+            // NodePort.
+            if let Some(np_port) = node_port {
+                let key = np(proto, np_port);
+                if cat.has_any {
+                    self.put(owner, SERVICE_NODEPORTS, key.clone(), Some(goto(format!("np-{ext_policy}"))));
+                    self.put_endpoints(owner, KeySpace::NodePort, &key, &slots, &ext_ranges, affinity);
+                }
+                if !has_external {
+                    self.put(owner, NO_ENDPOINT_NODEPORTS, key, Some(filter_target.clone()));
+                }
+            }
+        }
+    }
+
+    /// loadBalancerSourceRanges of this family; plus the LoadBalancer IPs themselves when a range
+    /// contains a node IP (traffic from the node to a VIP it owns arrives with the VIP as source).
+    fn firewall_sources(&self, svc: &Service, lb_ips: &[IpAddr]) -> Vec<IpNet> {
+        let f = self.family;
+        let ranges: Vec<IpNet> = svc
+            .load_balancer_source_ranges
+            .iter()
+            .copied()
+            .filter(|r| IpFamily::of(&r.addr()) == f)
+            .map(|r| r.trunc())
+            .collect();
+        let node_ips = node_ips(self.cfg, None);
+        let allow_from_node = ranges.iter().any(|r| node_ips.iter().any(|ip| r.contains(ip)));
+        let mut out = ranges;
+        if allow_from_node {
+            out.extend(lb_ips.iter().map(|ip| IpNet::from(*ip)));
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    fn finish(mut self) -> (Table, Vec<Warning>) {
+        let f = self.family;
+        let cfg = self.cfg;
+        let mark = cfg.masquerade_mark();
+        let mut t = Table::new(f, cfg.table_name.clone());
+        let vip_key = KeySpace::Vip.key_expr(f);
+        let np_key = KeySpace::NodePort.key_expr(f);
+        let has_pod_cidrs = !self.pod_cidrs.is_empty();
+        for c in self.pod_cidrs.clone() {
+            self.put_shared(POD_CIDRS, vec![Value::Prefix(c)]);
+        }
+
+        let mut chain = |name: &str, base: Option<BaseChain>, rules: Vec<Rule>| {
+            t.chains.insert(name.to_owned(), Chain { name: name.to_owned(), base, rules });
+        };
+        let ct_new = || Stmt::Match {
+            left: Expr::CtState,
+            op: MatchOp::Eq,
+            right: MatchRight::Value(Value::CtStateNew),
+        };
+        let jump = |c: &str| Stmt::Verdict(Verdict::Jump(c.to_owned()));
+        let gotov = |c: &str| Stmt::Verdict(Verdict::Goto(c.to_owned()));
+        let in_set = |left: Expr, set: &str| Stmt::Match {
+            left,
+            op: MatchOp::Eq,
+            right: MatchRight::Set(set.to_owned()),
+        };
+        let not_in_set = |left: Expr, set: &str| Stmt::Match {
+            left,
+            op: MatchOp::Ne,
+            right: MatchRight::Set(set.to_owned()),
+        };
+        let vmap = |key: Expr, map: &str| Stmt::Vmap { key, map: MapRef::Named(map.to_owned()) };
+        let fib_local = |saddr: bool| Stmt::Match {
+            left: Expr::FibAddrType { saddr },
+            op: MatchOp::Eq,
+            right: MatchRight::Value(Value::FibLocal),
+        };
+        let base = |chain_type, hook, priority| Some(BaseChain { chain_type, hook, priority });
+
+        // Base chains.
+        chain("filter-prerouting", base(ChainType::Filter, Hook::Prerouting, -110), vec![
+            Rule::new(vec![ct_new(), jump("firewall-check")]),
+        ]);
+        chain("filter-input", base(ChainType::Filter, Hook::Input, -110), vec![
+            Rule::new(vec![ct_new(), jump("nodeport-endpoints-check")]),
+            Rule::new(vec![ct_new(), jump("service-endpoints-check")]),
+        ]);
+        chain("filter-forward", base(ChainType::Filter, Hook::Forward, -110), vec![
+            Rule::new(vec![ct_new(), jump("service-endpoints-check")]),
+            Rule::new(vec![ct_new(), jump("cluster-ips-check")]),
+        ]);
+        chain("filter-output", base(ChainType::Filter, Hook::Output, -110), vec![
+            Rule::new(vec![ct_new(), jump("service-endpoints-check")]),
+            Rule::new(vec![ct_new(), jump("firewall-check")]),
+        ]);
+        chain("filter-output-post-dnat", base(ChainType::Filter, Hook::Output, -90), vec![
+            Rule::new(vec![ct_new(), jump("cluster-ips-check")]),
+        ]);
+        chain("nat-prerouting", base(ChainType::Nat, Hook::Prerouting, -100), vec![
+            Rule::new(vec![jump("services")]),
+        ]);
+        chain("nat-output", base(ChainType::Nat, Hook::Output, -100), vec![
+            Rule::new(vec![jump("services")]),
+        ]);
+        chain("nat-postrouting", base(ChainType::Nat, Hook::Postrouting, 100), vec![
+            Rule::new(vec![jump("masquerading")]),
+        ]);
+
+        // Filtering.
+        let mut fw_key = vec![Expr::Daddr(f), Expr::L4Proto, Expr::Dport, Expr::Saddr(f)];
+        chain("firewall-check", None, vec![Rule::new(vec![
+            in_set(vip_key.clone(), FIREWALL_IPS),
+            not_in_set(Expr::Concat(std::mem::take(&mut fw_key)), FIREWALL_ALLOW),
+            Stmt::Verdict(Verdict::Drop),
+        ])
+        .with_comment("drop sources outside loadBalancerSourceRanges")]);
+        chain("service-endpoints-check", None, vec![Rule::new(vec![vmap(
+            vip_key.clone(),
+            NO_ENDPOINT_SERVICES,
+        )])]);
+        let nodeport_dst = if self.nodeports_all_local {
+            fib_local(false)
+        } else {
+            in_set(Expr::Daddr(f), NODEPORT_IPS)
+        };
+        chain("nodeport-endpoints-check", None, vec![Rule::new(vec![
+            nodeport_dst.clone(),
+            vmap(np_key.clone(), NO_ENDPOINT_NODEPORTS),
+        ])]);
+        chain("cluster-ips-check", None, vec![Rule::new(vec![
+            in_set(Expr::Daddr(f), CLUSTER_IPS),
+            Stmt::Reject,
+        ])
+        .with_comment("reject traffic to undefined ports of ClusterIPs")]);
+        chain(REJECT_CHAIN, None, vec![Rule::new(vec![Stmt::Reject])]);
+
+        // Dispatch.
+        chain("services", None, vec![
+            Rule::new(vec![vmap(vip_key.clone(), SERVICE_IPS)]),
+            Rule::new(vec![nodeport_dst, vmap(np_key.clone(), SERVICE_NODEPORTS)]),
+        ]);
+
+        // Masquerading.
+        chain(MARK_FOR_MASQ, None, vec![Rule::new(vec![Stmt::SetMark(MarkOp::Or(mark))])]);
+        chain("masquerading", None, vec![
+            Rule::new(vec![
+                Stmt::Match {
+                    left: Expr::CtStatus,
+                    op: MatchOp::Eq,
+                    right: MatchRight::Value(Value::CtStatusDnat),
+                },
+                in_set(Expr::Concat(vec![Expr::Saddr(f), Expr::Daddr(f)]), HAIRPIN),
+                jump(MARK_FOR_MASQ),
+            ])
+            .with_comment("hairpin: an endpoint reaching itself through a service"),
+            Rule::new(vec![
+                Stmt::Match {
+                    left: Expr::MarkAnd(mark),
+                    op: MatchOp::Eq,
+                    right: MatchRight::Value(Value::Int(0)),
+                },
+                Stmt::Verdict(Verdict::Return),
+            ]),
+            Rule::new(vec![Stmt::SetMark(MarkOp::Xor(mark))]),
+            Rule::new(vec![Stmt::Masquerade { fully_random: true }]),
+        ]);
+
+        // Policy chains, per key space.
+        let internal_masq = if cfg.masquerade_all {
+            Some(Rule::new(vec![jump(MARK_FOR_MASQ)]).with_comment("masqueradeAll"))
+        } else if has_pod_cidrs {
+            Some(
+                Rule::new(vec![not_in_set(Expr::Saddr(f), POD_CIDRS), jump(MARK_FOR_MASQ)])
+                    .with_comment("masquerade traffic from outside the cluster"),
+            )
+        } else {
+            None
+        };
+        for local in [false, true] {
+            let name = if local { "internal-local" } else { "internal-cluster" };
+            let mut rules: Vec<Rule> = internal_masq.iter().cloned().collect();
+            rules.push(Rule::new(vec![vmap(vip_key.clone(), KeySpace::Vip.lb_map(local))]));
+            chain(name, None, rules);
+        }
+        for space in [KeySpace::Vip, KeySpace::NodePort] {
+            let key = space.key_expr(f);
+            let p = space.prefix();
+            chain(&format!("{p}external"), None, vec![
+                Rule::new(vec![jump(MARK_FOR_MASQ)])
+                    .with_comment("masquerade external traffic (Cluster policy)"),
+                Rule::new(vec![vmap(key.clone(), space.lb_map(false))]),
+            ]);
+            let mut rules = Vec::new();
+            if has_pod_cidrs {
+                rules.push(
+                    Rule::new(vec![
+                        in_set(Expr::Saddr(f), POD_CIDRS),
+                        vmap(key.clone(), space.lb_map(false)),
+                    ])
+                    .with_comment("short-circuit pod traffic to external destinations"),
+                );
+            }
+            rules.push(
+                Rule::new(vec![fib_local(true), jump(MARK_FOR_MASQ)])
+                    .with_comment("masquerade traffic from the node"),
+            );
+            rules.push(Rule::new(vec![fib_local(true), vmap(key.clone(), space.lb_map(false))]));
+            rules.push(Rule::new(vec![vmap(key, space.lb_map(true))]));
+            chain(&format!("{p}external-local"), None, rules);
+        }
+
+        // Load-balancing chains.
+        for spec in &self.lb_specs {
+            let npsp = spec.space == KeySpace::NodePort;
+            let mut rules = Vec::new();
+            if spec.affinity {
+                for i in spec.offset..spec.offset + spec.count {
+                    rules.push(Rule::new(vec![
+                        in_set(spec.space.affinity_expr(f), &affinity_slot_set(spec.space, i)),
+                        gotov(&slot_chain(npsp, i)),
+                    ]));
+                }
+            }
+            if spec.count == 1 {
+                rules.push(Rule::new(vec![gotov(&slot_chain(npsp, spec.offset))]));
+            } else {
+                let entries = (spec.offset..spec.offset + spec.count)
+                    .map(|i| (Value::Int(i), Verdict::Goto(slot_chain(npsp, i))))
+                    .collect();
+                rules.push(Rule::new(vec![Stmt::Vmap {
+                    key: Expr::Numgen { modulus: spec.count, offset: spec.offset },
+                    map: MapRef::Anon(entries),
+                }]));
+            }
+            chain(&spec.chain_name(), None, rules);
+        }
+
+        // Slot chains.
+        let slots = self.slots.clone();
+        for (space, n) in slots {
+            let npsp = space == KeySpace::NodePort;
+            let timeouts = self.affinity_timeouts.get(&space).cloned().unwrap_or_default();
+            for i in 0..n {
+                let mut rules = Vec::new();
+                if !timeouts.is_empty() {
+                    let set = affinity_slot_set(space, i);
+                    let mut s = Set::new(&set, space.affinity_types(f), None);
+                    s.flags = SetFlags { interval: false, dynamic: true, timeout: Some(10800) };
+                    s.comment = Some(format!("clients with affinity to endpoint slot {i}"));
+                    self.sets.insert(set.clone(), s);
+                    for t in &timeouts {
+                        rules.push(Rule::new(vec![
+                            in_set(space.key_expr(f), &affinity_set(space, *t)),
+                            Stmt::SetUpdate {
+                                set: set.clone(),
+                                key: space.affinity_expr(f),
+                                timeout: Some(*t),
+                            },
+                        ]));
+                    }
+                }
+                let (am, pm) = slot_maps(npsp, i);
+                rules.push(Rule::new(vec![Stmt::DnatMap {
+                    key: space.key_expr(f),
+                    addr_map: am,
+                    port_map: pm,
+                }]));
+                chain(&slot_chain(npsp, i), None, rules);
+            }
+        }
+
+        t.sets = self.sets;
+        (t, self.warnings)
+    }
+}
+
+fn affinity_set(space: KeySpace, timeout: u32) -> String {
+    format!("{}affinity-{timeout}", space.prefix())
+}
+
+/// Name of the dynamic set of clients with affinity to slot `i`.
+fn affinity_slot_set(space: KeySpace, i: u32) -> String {
+    format!("{}aff-{i}", space.prefix())
+}
+
+fn describe_key(key: &[Value]) -> String {
+    key.iter()
+        .map(|v| match v {
+            Value::Addr(a) => a.to_string(),
+            Value::Prefix(p) => p.to_string(),
+            Value::Proto(p) => p.to_string(),
+            Value::Port(p) => p.to_string(),
+            other => format!("{other:?}"),
+        })
+        .collect::<Vec<_>>()
+        .join(" . ")
+}
+
+/// The usable endpoints of one service port in one family, from all of the service's slices,
+/// deduplicated by address and port (the first slice in name order wins).
+fn endpoints_for(
+    snapshot: &Snapshot,
+    svc: &Service,
+    port_name: &str,
+    protocol: Protocol,
+    family: IpFamily,
+    node: &str,
+) -> Vec<Ep> {
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for slice in snapshot.slices.values() {
+        if slice.name.namespace != svc.name.namespace
+            || slice.service_name.as_deref() != Some(svc.name.name.as_str())
+            || slice.headless_label
+            || slice.address_type.family() != Some(family)
+        {
+            continue;
+        }
+        let Some(sp) = slice.ports.iter().find(|p| p.name == port_name && p.protocol == protocol)
+        else {
+            continue;
+        };
+        for e in &slice.endpoints {
+            if IpFamily::of(&e.address) != family || !seen.insert((e.address, sp.port)) {
+                continue;
+            }
+            out.push(Ep {
+                addr: e.address,
+                port: sp.port,
+                ready: e.ready,
+                serving: e.serving,
+                terminating: e.terminating,
+                local: e.node_name.as_deref() == Some(node),
+                hint_zones: e.hint_zones.clone(),
+                hint_nodes: e.hint_nodes.clone(),
+            });
+        }
+    }
+    out.sort();
+    out
+}
+
+/// This node's IPs: `--node-ip` if given, else the Node object's addresses.
+fn node_ips(cfg: &ProxyConfig, snapshot: Option<&Snapshot>) -> Vec<IpAddr> {
+    if !cfg.node_ips.is_empty() {
+        return cfg.node_ips.clone();
+    }
+    snapshot
+        .and_then(|s| s.nodes.get(&cfg.node_name))
+        .map(|n| n.addresses.clone())
+        .unwrap_or_default()
+}
+
+fn valid_table_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= 64
+        && chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// Whether the proxy handles this service at all.
+fn is_ours(svc: &Service, cfg: &ProxyConfig) -> bool {
+    svc.service_type != ServiceType::ExternalName
+        && !svc.is_headless()
+        && svc.service_proxy_name == cfg.service_proxy_name
+}
+
+/// Compiles a snapshot into a ruleset: an `ip` table, and an `ip6` table when the node, the
+/// config or any service uses IPv6.
+pub fn compile(snapshot: &Snapshot, config: &ProxyConfig) -> Result<Compiled, CompileError> {
+    if config.node_name.is_empty() {
+        return Err(CompileError::MissingNodeName);
+    }
+    if config.masquerade_bit > 31 {
+        return Err(CompileError::MasqueradeBit(config.masquerade_bit));
+    }
+    if !valid_table_name(&config.table_name) {
+        return Err(CompileError::TableName(config.table_name.clone()));
+    }
+    let node = snapshot.nodes.get(&config.node_name);
+    let zone = node.and_then(|n| n.zone.as_deref());
+    let mut warnings = Vec::new();
+    let all_node_ips = node_ips(config, Some(snapshot));
+    if all_node_ips.is_empty() {
+        warnings.push(Warning {
+            object: format!("Node {}", config.node_name),
+            message: "no node IPs known (no Node object and no --node-ip): NodePorts only answer \
+                      on addresses in nodePortAddresses that the node owns"
+                .to_owned(),
+        });
+    }
+    let services: Vec<&Service> =
+        snapshot.services.values().filter(|s| is_ours(s, config)).collect();
+
+    let mut families = BTreeSet::from([IpFamily::V4]);
+    let uses_v6 = all_node_ips.iter().any(|ip| ip.is_ipv6())
+        || config.cluster_cidrs.iter().any(|c| matches!(c, IpNet::V6(_)))
+        || services.iter().any(|s| s.cluster_ips.iter().any(|ip| ip.is_ipv6()));
+    if uses_v6 {
+        families.insert(IpFamily::V6);
+    }
+
+    let mut ruleset = Ruleset::default();
+    for f in families {
+        let mut b = FamilyBuilder::new(f, config);
+        b.pod_cidrs = match config.detect_local {
+            DetectLocal::ClusterCidr => config.cluster_cidrs.clone(),
+            DetectLocal::NodeCidr => node.map(|n| n.pod_cidrs.clone()).unwrap_or_default(),
+        }
+        .into_iter()
+        .filter(|c| IpFamily::of(&c.addr()) == f)
+        .map(|c| c.trunc())
+        .collect();
+        let fam_ips: Vec<IpAddr> =
+            all_node_ips.iter().copied().filter(|ip| IpFamily::of(ip) == f).collect();
+        let npa: Vec<IpNet> = config
+            .node_port_addresses
+            .iter()
+            .copied()
+            .filter(|c| IpFamily::of(&c.addr()) == f)
+            .collect();
+        if npa.iter().any(|c| c.prefix_len() == 0) {
+            b.nodeports_all_local = true;
+        } else if config.node_port_addresses.is_empty() {
+            // kube-proxy's "primary": the node's first IP of this family.
+            if let Some(ip) = fam_ips.first() {
+                b.put_shared(NODEPORT_IPS, vec![Value::Addr(*ip)]);
+            }
+        } else {
+            for ip in fam_ips.iter().filter(|ip| npa.iter().any(|c| c.contains(*ip))) {
+                b.put_shared(NODEPORT_IPS, vec![Value::Addr(*ip)]);
+            }
+        }
+        for svc in &services {
+            b.add_service(svc, snapshot, &config.node_name, zone);
+        }
+        let (table, w) = b.finish();
+        warnings.extend(w);
+        ruleset.tables.insert(f, table);
+    }
+    Ok(Compiled { ruleset, warnings })
 }
