@@ -38,8 +38,7 @@ use crate::ruleset::{
     MatchRight, Rule, Ruleset, Set, SetFlags, Stmt, Table, Value, Verdict,
 };
 use crate::snapshot::{
-    IpFamily, ObjectName, Protocol, Service, ServiceType, Snapshot, TrafficPolicy,
-    Warning,
+    IpFamily, ObjectName, Protocol, Service, ServiceType, Snapshot, TrafficPolicy, Warning,
 };
 
 /// The compiled ruleset and what was skipped on the way.
@@ -130,9 +129,12 @@ impl KeySpace {
     }
     fn affinity_expr(self, f: IpFamily) -> Expr {
         match self {
-            Self::Vip => {
-                Expr::Concat(vec![Expr::Saddr(f), Expr::Daddr(f), Expr::L4Proto, Expr::Dport])
-            }
+            Self::Vip => Expr::Concat(vec![
+                Expr::Saddr(f),
+                Expr::Daddr(f),
+                Expr::L4Proto,
+                Expr::Dport,
+            ]),
             Self::NodePort => Expr::Concat(vec![Expr::Saddr(f), Expr::L4Proto, Expr::Dport]),
         }
     }
@@ -249,7 +251,11 @@ fn categorize(
             Some(true) => e.hint_nodes.iter().any(|n| n == node),
             Some(false) => zone.is_some_and(|z| e.hint_zones.iter().any(|h| h == z)),
         };
-        out.cluster = eps.iter().filter(|e| e.ready && available(e)).map(pick).collect();
+        out.cluster = eps
+            .iter()
+            .filter(|e| e.ready && available(e))
+            .map(pick)
+            .collect();
         if out.cluster.is_empty() {
             out.cluster = eps
                 .iter()
@@ -274,20 +280,33 @@ fn categorize(
         }
     }
     if local_ready {
-        out.local = eps.iter().filter(|e| e.local && e.ready).map(pick).collect();
+        out.local = eps
+            .iter()
+            .filter(|e| e.local && e.ready)
+            .map(pick)
+            .collect();
     } else if local_serving_terminating {
-        out.local =
-            eps.iter().filter(|e| e.local && e.serving && e.terminating).map(pick).collect();
+        out.local = eps
+            .iter()
+            .filter(|e| e.local && e.serving && e.terminating)
+            .map(pick)
+            .collect();
     }
     out
 }
 
-/// Arranges the two endpoint lists into slots: local-only, both, cluster-only. Returns the slots
-/// and the (offset, count) ranges of the cluster and local lists.
-fn arrange_slots(
-    cluster: &[(IpAddr, u16)],
-    local: &[(IpAddr, u16)],
-) -> (Vec<(IpAddr, u16)>, (u32, u32), (u32, u32)) {
+/// Endpoint slots of one service port and where its two lists lie in them.
+struct Slots {
+    slots: Vec<(IpAddr, u16)>,
+    /// (offset, count) of the cluster endpoints.
+    cluster: (u32, u32),
+    /// (offset, count) of the local endpoints.
+    local: (u32, u32),
+}
+
+/// Arranges the two endpoint lists into slots: local-only, both, cluster-only, so that each list
+/// is a contiguous range.
+fn arrange_slots(cluster: &[(IpAddr, u16)], local: &[(IpAddr, u16)]) -> Slots {
     let cset: BTreeSet<_> = cluster.iter().copied().collect();
     let lset: BTreeSet<_> = local.iter().copied().collect();
     let local_only: Vec<_> = lset.difference(&cset).copied().collect();
@@ -297,9 +316,11 @@ fn arrange_slots(
     let cluster_offset = slots.len() as u32;
     slots.extend(both.iter().copied());
     slots.extend(cluster_only);
-    let local_range = (0, lset.len() as u32);
-    let cluster_range = (cluster_offset, cset.len() as u32);
-    (slots, cluster_range, local_range)
+    Slots {
+        slots,
+        cluster: (cluster_offset, cset.len() as u32),
+        local: (0, lset.len() as u32),
+    }
 }
 
 /// Everything one family's table is built from, filled service by service.
@@ -335,28 +356,110 @@ impl<'a> FamilyBuilder<'a> {
         let vip = KeySpace::Vip.key_types(f);
         let npk = KeySpace::NodePort.key_types(f);
         let addr = vec![KeyType::addr(f)];
-        let mut add = |name: &str, key: Vec<KeyType>, data: Option<DataType>, interval: bool, comment: &str| {
+        let mut add = |name: &str,
+                       key: Vec<KeyType>,
+                       data: Option<DataType>,
+                       interval: bool,
+                       comment: &str| {
             let mut s = Set::new(name, key, data);
             s.flags.interval = interval;
             s.comment = Some(comment.to_owned());
             sets.insert(name.to_owned(), s);
         };
-        add(SERVICE_IPS, vip.clone(), Some(DataType::Verdict), false, "ClusterIP, external IP and LoadBalancer IP ports");
-        add(SERVICE_NODEPORTS, npk.clone(), Some(DataType::Verdict), false, "NodePorts");
-        add(CLUSTER_LB, vip.clone(), Some(DataType::Verdict), false, "endpoints for Cluster traffic policy");
-        add(LOCAL_LB, vip.clone(), Some(DataType::Verdict), false, "endpoints for Local traffic policy");
-        add(NP_CLUSTER_LB, npk.clone(), Some(DataType::Verdict), false, "NodePort endpoints for Cluster traffic policy");
-        add(NP_LOCAL_LB, npk.clone(), Some(DataType::Verdict), false, "NodePort endpoints for Local traffic policy");
-        add(NO_ENDPOINT_SERVICES, vip.clone(), Some(DataType::Verdict), false, "service ports without usable endpoints");
-        add(NO_ENDPOINT_NODEPORTS, npk, Some(DataType::Verdict), false, "NodePorts without usable endpoints");
-        add(FIREWALL_IPS, vip.clone(), None, false, "LoadBalancer IP ports with loadBalancerSourceRanges");
+        add(
+            SERVICE_IPS,
+            vip.clone(),
+            Some(DataType::Verdict),
+            false,
+            "ClusterIP, external IP and LoadBalancer IP ports",
+        );
+        add(
+            SERVICE_NODEPORTS,
+            npk.clone(),
+            Some(DataType::Verdict),
+            false,
+            "NodePorts",
+        );
+        add(
+            CLUSTER_LB,
+            vip.clone(),
+            Some(DataType::Verdict),
+            false,
+            "endpoints for Cluster traffic policy",
+        );
+        add(
+            LOCAL_LB,
+            vip.clone(),
+            Some(DataType::Verdict),
+            false,
+            "endpoints for Local traffic policy",
+        );
+        add(
+            NP_CLUSTER_LB,
+            npk.clone(),
+            Some(DataType::Verdict),
+            false,
+            "NodePort endpoints for Cluster traffic policy",
+        );
+        add(
+            NP_LOCAL_LB,
+            npk.clone(),
+            Some(DataType::Verdict),
+            false,
+            "NodePort endpoints for Local traffic policy",
+        );
+        add(
+            NO_ENDPOINT_SERVICES,
+            vip.clone(),
+            Some(DataType::Verdict),
+            false,
+            "service ports without usable endpoints",
+        );
+        add(
+            NO_ENDPOINT_NODEPORTS,
+            npk,
+            Some(DataType::Verdict),
+            false,
+            "NodePorts without usable endpoints",
+        );
+        add(
+            FIREWALL_IPS,
+            vip.clone(),
+            None,
+            false,
+            "LoadBalancer IP ports with loadBalancerSourceRanges",
+        );
         let mut fw = vip;
         fw.push(KeyType::addr(f));
-        add(FIREWALL_ALLOW, fw, None, true, "allowed sources of LoadBalancer IP ports");
+        add(
+            FIREWALL_ALLOW,
+            fw,
+            None,
+            true,
+            "allowed sources of LoadBalancer IP ports",
+        );
         add(CLUSTER_IPS, addr.clone(), None, false, "all ClusterIPs");
-        add(NODEPORT_IPS, addr.clone(), None, false, "node addresses that accept NodePorts");
-        add(POD_CIDRS, addr.clone(), None, true, "sources inside the cluster");
-        add(HAIRPIN, vec![KeyType::addr(f), KeyType::addr(f)], None, false, "endpoint . endpoint: hairpin traffic to masquerade");
+        add(
+            NODEPORT_IPS,
+            addr.clone(),
+            None,
+            false,
+            "node addresses that accept NodePorts",
+        );
+        add(
+            POD_CIDRS,
+            addr.clone(),
+            None,
+            true,
+            "sources inside the cluster",
+        );
+        add(
+            HAIRPIN,
+            vec![KeyType::addr(f), KeyType::addr(f)],
+            None,
+            false,
+            "endpoint . endpoint: hairpin traffic to masquerade",
+        );
         Self {
             family,
             cfg,
@@ -373,7 +476,9 @@ impl<'a> FamilyBuilder<'a> {
 
     fn set_mut(&mut self, name: &str) -> &mut Set {
         // Every name passed here is created in `new` or `ensure_*` before use.
-        self.sets.entry(name.to_owned()).or_insert_with(|| Set::new(name, Vec::new(), None))
+        self.sets
+            .entry(name.to_owned())
+            .or_insert_with(|| Set::new(name, Vec::new(), None))
     }
 
     /// Inserts an element owned by a service; a key already owned by another service is a conflict
@@ -437,9 +542,19 @@ impl<'a> FamilyBuilder<'a> {
             if *count == 0 {
                 continue;
             }
-            let spec = LbSpec { space, count: *count, offset: *offset, affinity: affinity.is_some() };
+            let spec = LbSpec {
+                space,
+                count: *count,
+                offset: *offset,
+                affinity: affinity.is_some(),
+            };
             self.lb_specs.insert(spec);
-            self.put(owner, space.lb_map(*local), key.to_vec(), Some(goto(spec.chain_name())));
+            self.put(
+                owner,
+                space.lb_map(*local),
+                key.to_vec(),
+                Some(goto(spec.chain_name())),
+            );
             used.extend(*offset..offset + count);
         }
         for i in used {
@@ -464,20 +579,34 @@ impl<'a> FamilyBuilder<'a> {
 
     fn add_service(&mut self, svc: &Service, snapshot: &Snapshot, node: &str, zone: Option<&str>) {
         let f = self.family;
-        let Some(cluster_ip) = svc.cluster_ips.iter().copied().find(|ip| IpFamily::of(ip) == f)
+        let Some(cluster_ip) = svc
+            .cluster_ips
+            .iter()
+            .copied()
+            .find(|ip| IpFamily::of(ip) == f)
         else {
             return;
         };
         self.put_shared(CLUSTER_IPS, vec![Value::Addr(cluster_ip)]);
-        let external_ips: Vec<IpAddr> =
-            svc.external_ips.iter().copied().filter(|ip| IpFamily::of(ip) == f).collect();
+        let external_ips: Vec<IpAddr> = svc
+            .external_ips
+            .iter()
+            .copied()
+            .filter(|ip| IpFamily::of(ip) == f)
+            .collect();
         let lb_ips: Vec<IpAddr> = if svc.service_type == ServiceType::LoadBalancer {
-            svc.load_balancer_ips.iter().copied().filter(|ip| IpFamily::of(ip) == f).collect()
+            svc.load_balancer_ips
+                .iter()
+                .copied()
+                .filter(|ip| IpFamily::of(ip) == f)
+                .collect()
         } else {
             Vec::new()
         };
-        let node_port_type =
-            matches!(svc.service_type, ServiceType::NodePort | ServiceType::LoadBalancer);
+        let node_port_type = matches!(
+            svc.service_type,
+            ServiceType::NodePort | ServiceType::LoadBalancer
+        );
         for port in &svc.ports {
             let node_port = if node_port_type { port.node_port } else { None };
             let externally_accessible =
@@ -489,9 +618,21 @@ impl<'a> FamilyBuilder<'a> {
             let uses_local = itp_local || etp_local;
             let eps = endpoints_for(snapshot, svc, port.name.as_str(), port.protocol, f, node);
             let cat = categorize(&eps, uses_cluster, uses_local, node, zone);
-            let (slots, cluster_range, local_range) = arrange_slots(&cat.cluster, &cat.local);
-            let has_internal = if itp_local { !cat.local.is_empty() } else { cat.has_any };
-            let has_external = if etp_local { !cat.local.is_empty() } else { cat.has_any };
+            let Slots {
+                slots,
+                cluster: cluster_range,
+                local: local_range,
+            } = arrange_slots(&cat.cluster, &cat.local);
+            let has_internal = if itp_local {
+                !cat.local.is_empty()
+            } else {
+                cat.has_any
+            };
+            let has_external = if etp_local {
+                !cat.local.is_empty()
+            } else {
+                cat.has_any
+            };
             let filter_target = if cat.has_any {
                 ElemData::Verdict(Verdict::Drop)
             } else {
@@ -504,30 +645,57 @@ impl<'a> FamilyBuilder<'a> {
             // ClusterIP.
             let key = v(cluster_ip, proto, port.port);
             if has_internal {
-                let policy = if itp_local { "internal-local" } else { "internal-cluster" };
+                let policy = if itp_local {
+                    "internal-local"
+                } else {
+                    "internal-cluster"
+                };
                 self.put(owner, SERVICE_IPS, key.clone(), Some(goto(policy)));
-                let range = if itp_local { (true, local_range) } else { (false, cluster_range) };
+                let range = if itp_local {
+                    (true, local_range)
+                } else {
+                    (false, cluster_range)
+                };
                 self.put_endpoints(owner, KeySpace::Vip, &key, &slots, &[range], affinity);
             } else {
-                self.put(owner, NO_ENDPOINT_SERVICES, key, Some(filter_target.clone()));
+                self.put(
+                    owner,
+                    NO_ENDPOINT_SERVICES,
+                    key,
+                    Some(filter_target.clone()),
+                );
             }
 
             // External IPs and LoadBalancer IPs.
-            let ext_policy = if etp_local { "external-local" } else { "external" };
+            let ext_policy = if etp_local {
+                "external-local"
+            } else {
+                "external"
+            };
             let ext_ranges: Vec<(bool, (u32, u32))> = if etp_local {
                 vec![(false, cluster_range), (true, local_range)]
             } else {
                 vec![(false, cluster_range)]
             };
-            let fw = cat.has_any && !lb_ips.is_empty() && !svc.load_balancer_source_ranges.is_empty();
-            for (ip, is_lb) in external_ips.iter().map(|i| (*i, false)).chain(lb_ips.iter().map(|i| (*i, true))) {
+            let fw =
+                cat.has_any && !lb_ips.is_empty() && !svc.load_balancer_source_ranges.is_empty();
+            for (ip, is_lb) in external_ips
+                .iter()
+                .map(|i| (*i, false))
+                .chain(lb_ips.iter().map(|i| (*i, true)))
+            {
                 let key = v(ip, proto, port.port);
                 if cat.has_any {
                     self.put(owner, SERVICE_IPS, key.clone(), Some(goto(ext_policy)));
                     self.put_endpoints(owner, KeySpace::Vip, &key, &slots, &ext_ranges, affinity);
                 }
                 if !has_external {
-                    self.put(owner, NO_ENDPOINT_SERVICES, key.clone(), Some(filter_target.clone()));
+                    self.put(
+                        owner,
+                        NO_ENDPOINT_SERVICES,
+                        key.clone(),
+                        Some(filter_target.clone()),
+                    );
                 }
                 if is_lb && fw {
                     self.put(owner, FIREWALL_IPS, key.clone(), None);
@@ -543,11 +711,28 @@ impl<'a> FamilyBuilder<'a> {
             if let Some(np_port) = node_port {
                 let key = np(proto, np_port);
                 if cat.has_any {
-                    self.put(owner, SERVICE_NODEPORTS, key.clone(), Some(goto(format!("np-{ext_policy}"))));
-                    self.put_endpoints(owner, KeySpace::NodePort, &key, &slots, &ext_ranges, affinity);
+                    self.put(
+                        owner,
+                        SERVICE_NODEPORTS,
+                        key.clone(),
+                        Some(goto(format!("np-{ext_policy}"))),
+                    );
+                    self.put_endpoints(
+                        owner,
+                        KeySpace::NodePort,
+                        &key,
+                        &slots,
+                        &ext_ranges,
+                        affinity,
+                    );
                 }
                 if !has_external {
-                    self.put(owner, NO_ENDPOINT_NODEPORTS, key, Some(filter_target.clone()));
+                    self.put(
+                        owner,
+                        NO_ENDPOINT_NODEPORTS,
+                        key,
+                        Some(filter_target.clone()),
+                    );
                 }
             }
         }
@@ -565,7 +750,9 @@ impl<'a> FamilyBuilder<'a> {
             .map(|r| r.trunc())
             .collect();
         let node_ips = node_ips(self.cfg, None);
-        let allow_from_node = ranges.iter().any(|r| node_ips.iter().any(|ip| r.contains(ip)));
+        let allow_from_node = ranges
+            .iter()
+            .any(|r| node_ips.iter().any(|ip| r.contains(ip)));
         let mut out = ranges;
         if allow_from_node {
             out.extend(lb_ips.iter().map(|ip| IpNet::from(*ip)));
@@ -588,7 +775,14 @@ impl<'a> FamilyBuilder<'a> {
         }
 
         let mut chain = |name: &str, base: Option<BaseChain>, rules: Vec<Rule>| {
-            t.chains.insert(name.to_owned(), Chain { name: name.to_owned(), base, rules });
+            t.chains.insert(
+                name.to_owned(),
+                Chain {
+                    name: name.to_owned(),
+                    base,
+                    rules,
+                },
+            );
         };
         let ct_new = || Stmt::Match {
             left: Expr::CtState,
@@ -607,127 +801,196 @@ impl<'a> FamilyBuilder<'a> {
             op: MatchOp::Ne,
             right: MatchRight::Set(set.to_owned()),
         };
-        let vmap = |key: Expr, map: &str| Stmt::Vmap { key, map: MapRef::Named(map.to_owned()) };
+        let vmap = |key: Expr, map: &str| Stmt::Vmap {
+            key,
+            map: MapRef::Named(map.to_owned()),
+        };
         let fib_local = |saddr: bool| Stmt::Match {
             left: Expr::FibAddrType { saddr },
             op: MatchOp::Eq,
             right: MatchRight::Value(Value::FibLocal),
         };
-        let base = |chain_type, hook, priority| Some(BaseChain { chain_type, hook, priority });
+        let base = |chain_type, hook, priority| {
+            Some(BaseChain {
+                chain_type,
+                hook,
+                priority,
+            })
+        };
 
         // Base chains.
-        chain("filter-prerouting", base(ChainType::Filter, Hook::Prerouting, -110), vec![
-            Rule::new(vec![ct_new(), jump("firewall-check")]),
-        ]);
-        chain("filter-input", base(ChainType::Filter, Hook::Input, -110), vec![
-            Rule::new(vec![ct_new(), jump("nodeport-endpoints-check")]),
-            Rule::new(vec![ct_new(), jump("service-endpoints-check")]),
-        ]);
-        chain("filter-forward", base(ChainType::Filter, Hook::Forward, -110), vec![
-            Rule::new(vec![ct_new(), jump("service-endpoints-check")]),
-            Rule::new(vec![ct_new(), jump("cluster-ips-check")]),
-        ]);
-        chain("filter-output", base(ChainType::Filter, Hook::Output, -110), vec![
-            Rule::new(vec![ct_new(), jump("service-endpoints-check")]),
-            Rule::new(vec![ct_new(), jump("firewall-check")]),
-        ]);
-        chain("filter-output-post-dnat", base(ChainType::Filter, Hook::Output, -90), vec![
-            Rule::new(vec![ct_new(), jump("cluster-ips-check")]),
-        ]);
-        chain("nat-prerouting", base(ChainType::Nat, Hook::Prerouting, -100), vec![
-            Rule::new(vec![jump("services")]),
-        ]);
-        chain("nat-output", base(ChainType::Nat, Hook::Output, -100), vec![
-            Rule::new(vec![jump("services")]),
-        ]);
-        chain("nat-postrouting", base(ChainType::Nat, Hook::Postrouting, 100), vec![
-            Rule::new(vec![jump("masquerading")]),
-        ]);
+        chain(
+            "filter-prerouting",
+            base(ChainType::Filter, Hook::Prerouting, -110),
+            vec![Rule::new(vec![ct_new(), jump("firewall-check")])],
+        );
+        chain(
+            "filter-input",
+            base(ChainType::Filter, Hook::Input, -110),
+            vec![
+                Rule::new(vec![ct_new(), jump("nodeport-endpoints-check")]),
+                Rule::new(vec![ct_new(), jump("service-endpoints-check")]),
+            ],
+        );
+        chain(
+            "filter-forward",
+            base(ChainType::Filter, Hook::Forward, -110),
+            vec![
+                Rule::new(vec![ct_new(), jump("service-endpoints-check")]),
+                Rule::new(vec![ct_new(), jump("cluster-ips-check")]),
+            ],
+        );
+        chain(
+            "filter-output",
+            base(ChainType::Filter, Hook::Output, -110),
+            vec![
+                Rule::new(vec![ct_new(), jump("service-endpoints-check")]),
+                Rule::new(vec![ct_new(), jump("firewall-check")]),
+            ],
+        );
+        chain(
+            "filter-output-post-dnat",
+            base(ChainType::Filter, Hook::Output, -90),
+            vec![Rule::new(vec![ct_new(), jump("cluster-ips-check")])],
+        );
+        chain(
+            "nat-prerouting",
+            base(ChainType::Nat, Hook::Prerouting, -100),
+            vec![Rule::new(vec![jump("services")])],
+        );
+        chain(
+            "nat-output",
+            base(ChainType::Nat, Hook::Output, -100),
+            vec![Rule::new(vec![jump("services")])],
+        );
+        chain(
+            "nat-postrouting",
+            base(ChainType::Nat, Hook::Postrouting, 100),
+            vec![Rule::new(vec![jump("masquerading")])],
+        );
 
         // Filtering.
         let mut fw_key = vec![Expr::Daddr(f), Expr::L4Proto, Expr::Dport, Expr::Saddr(f)];
-        chain("firewall-check", None, vec![Rule::new(vec![
-            in_set(vip_key.clone(), FIREWALL_IPS),
-            not_in_set(Expr::Concat(std::mem::take(&mut fw_key)), FIREWALL_ALLOW),
-            Stmt::Verdict(Verdict::Drop),
-        ])
-        .with_comment("drop sources outside loadBalancerSourceRanges")]);
-        chain("service-endpoints-check", None, vec![Rule::new(vec![vmap(
-            vip_key.clone(),
-            NO_ENDPOINT_SERVICES,
-        )])]);
+        chain(
+            "firewall-check",
+            None,
+            vec![Rule::new(vec![
+                in_set(vip_key.clone(), FIREWALL_IPS),
+                not_in_set(Expr::Concat(std::mem::take(&mut fw_key)), FIREWALL_ALLOW),
+                Stmt::Verdict(Verdict::Drop),
+            ])
+            .with_comment("drop sources outside loadBalancerSourceRanges")],
+        );
+        chain(
+            "service-endpoints-check",
+            None,
+            vec![Rule::new(vec![vmap(vip_key.clone(), NO_ENDPOINT_SERVICES)])],
+        );
         let nodeport_dst = if self.nodeports_all_local {
             fib_local(false)
         } else {
             in_set(Expr::Daddr(f), NODEPORT_IPS)
         };
-        chain("nodeport-endpoints-check", None, vec![Rule::new(vec![
-            nodeport_dst.clone(),
-            vmap(np_key.clone(), NO_ENDPOINT_NODEPORTS),
-        ])]);
-        chain("cluster-ips-check", None, vec![Rule::new(vec![
-            in_set(Expr::Daddr(f), CLUSTER_IPS),
-            Stmt::Reject,
-        ])
-        .with_comment("reject traffic to undefined ports of ClusterIPs")]);
+        chain(
+            "nodeport-endpoints-check",
+            None,
+            vec![Rule::new(vec![
+                nodeport_dst.clone(),
+                vmap(np_key.clone(), NO_ENDPOINT_NODEPORTS),
+            ])],
+        );
+        chain(
+            "cluster-ips-check",
+            None,
+            vec![
+                Rule::new(vec![in_set(Expr::Daddr(f), CLUSTER_IPS), Stmt::Reject])
+                    .with_comment("reject traffic to undefined ports of ClusterIPs"),
+            ],
+        );
         chain(REJECT_CHAIN, None, vec![Rule::new(vec![Stmt::Reject])]);
 
         // Dispatch.
-        chain("services", None, vec![
-            Rule::new(vec![vmap(vip_key.clone(), SERVICE_IPS)]),
-            Rule::new(vec![nodeport_dst, vmap(np_key.clone(), SERVICE_NODEPORTS)]),
-        ]);
+        chain(
+            "services",
+            None,
+            vec![
+                Rule::new(vec![vmap(vip_key.clone(), SERVICE_IPS)]),
+                Rule::new(vec![nodeport_dst, vmap(np_key.clone(), SERVICE_NODEPORTS)]),
+            ],
+        );
 
         // Masquerading.
-        chain(MARK_FOR_MASQ, None, vec![Rule::new(vec![Stmt::SetMark(MarkOp::Or(mark))])]);
-        chain("masquerading", None, vec![
-            Rule::new(vec![
-                Stmt::Match {
-                    left: Expr::CtStatus,
-                    op: MatchOp::Eq,
-                    right: MatchRight::Value(Value::CtStatusDnat),
-                },
-                in_set(Expr::Concat(vec![Expr::Saddr(f), Expr::Daddr(f)]), HAIRPIN),
-                jump(MARK_FOR_MASQ),
-            ])
-            .with_comment("hairpin: an endpoint reaching itself through a service"),
-            Rule::new(vec![
-                Stmt::Match {
-                    left: Expr::MarkAnd(mark),
-                    op: MatchOp::Eq,
-                    right: MatchRight::Value(Value::Int(0)),
-                },
-                Stmt::Verdict(Verdict::Return),
-            ]),
-            Rule::new(vec![Stmt::SetMark(MarkOp::Xor(mark))]),
-            Rule::new(vec![Stmt::Masquerade { fully_random: true }]),
-        ]);
+        chain(
+            MARK_FOR_MASQ,
+            None,
+            vec![Rule::new(vec![Stmt::SetMark(MarkOp::Or(mark))])],
+        );
+        chain(
+            "masquerading",
+            None,
+            vec![
+                Rule::new(vec![
+                    Stmt::Match {
+                        left: Expr::CtStatus,
+                        op: MatchOp::Eq,
+                        right: MatchRight::Value(Value::CtStatusDnat),
+                    },
+                    in_set(Expr::Concat(vec![Expr::Saddr(f), Expr::Daddr(f)]), HAIRPIN),
+                    jump(MARK_FOR_MASQ),
+                ])
+                .with_comment("hairpin: an endpoint reaching itself through a service"),
+                Rule::new(vec![
+                    Stmt::Match {
+                        left: Expr::MarkAnd(mark),
+                        op: MatchOp::Eq,
+                        right: MatchRight::Value(Value::Int(0)),
+                    },
+                    Stmt::Verdict(Verdict::Return),
+                ]),
+                Rule::new(vec![Stmt::SetMark(MarkOp::Xor(mark))]),
+                Rule::new(vec![Stmt::Masquerade { fully_random: true }]),
+            ],
+        );
 
         // Policy chains, per key space.
         let internal_masq = if cfg.masquerade_all {
             Some(Rule::new(vec![jump(MARK_FOR_MASQ)]).with_comment("masqueradeAll"))
         } else if has_pod_cidrs {
             Some(
-                Rule::new(vec![not_in_set(Expr::Saddr(f), POD_CIDRS), jump(MARK_FOR_MASQ)])
-                    .with_comment("masquerade traffic from outside the cluster"),
+                Rule::new(vec![
+                    not_in_set(Expr::Saddr(f), POD_CIDRS),
+                    jump(MARK_FOR_MASQ),
+                ])
+                .with_comment("masquerade traffic from outside the cluster"),
             )
         } else {
             None
         };
         for local in [false, true] {
-            let name = if local { "internal-local" } else { "internal-cluster" };
+            let name = if local {
+                "internal-local"
+            } else {
+                "internal-cluster"
+            };
             let mut rules: Vec<Rule> = internal_masq.iter().cloned().collect();
-            rules.push(Rule::new(vec![vmap(vip_key.clone(), KeySpace::Vip.lb_map(local))]));
+            rules.push(Rule::new(vec![vmap(
+                vip_key.clone(),
+                KeySpace::Vip.lb_map(local),
+            )]));
             chain(name, None, rules);
         }
         for space in [KeySpace::Vip, KeySpace::NodePort] {
             let key = space.key_expr(f);
             let p = space.prefix();
-            chain(&format!("{p}external"), None, vec![
-                Rule::new(vec![jump(MARK_FOR_MASQ)])
-                    .with_comment("masquerade external traffic (Cluster policy)"),
-                Rule::new(vec![vmap(key.clone(), space.lb_map(false))]),
-            ]);
+            chain(
+                &format!("{p}external"),
+                None,
+                vec![
+                    Rule::new(vec![jump(MARK_FOR_MASQ)])
+                        .with_comment("masquerade external traffic (Cluster policy)"),
+                    Rule::new(vec![vmap(key.clone(), space.lb_map(false))]),
+                ],
+            );
             let mut rules = Vec::new();
             if has_pod_cidrs {
                 rules.push(
@@ -742,7 +1005,10 @@ impl<'a> FamilyBuilder<'a> {
                 Rule::new(vec![fib_local(true), jump(MARK_FOR_MASQ)])
                     .with_comment("masquerade traffic from the node"),
             );
-            rules.push(Rule::new(vec![fib_local(true), vmap(key.clone(), space.lb_map(false))]));
+            rules.push(Rule::new(vec![
+                fib_local(true),
+                vmap(key.clone(), space.lb_map(false)),
+            ]));
             rules.push(Rule::new(vec![vmap(key, space.lb_map(true))]));
             chain(&format!("{p}external-local"), None, rules);
         }
@@ -754,7 +1020,10 @@ impl<'a> FamilyBuilder<'a> {
             if spec.affinity {
                 for i in spec.offset..spec.offset + spec.count {
                     rules.push(Rule::new(vec![
-                        in_set(spec.space.affinity_expr(f), &affinity_slot_set(spec.space, i)),
+                        in_set(
+                            spec.space.affinity_expr(f),
+                            &affinity_slot_set(spec.space, i),
+                        ),
                         gotov(&slot_chain(npsp, i)),
                     ]));
                 }
@@ -766,7 +1035,10 @@ impl<'a> FamilyBuilder<'a> {
                     .map(|i| (Value::Int(i), Verdict::Goto(slot_chain(npsp, i))))
                     .collect();
                 rules.push(Rule::new(vec![Stmt::Vmap {
-                    key: Expr::Numgen { modulus: spec.count, offset: spec.offset },
+                    key: Expr::Numgen {
+                        modulus: spec.count,
+                        offset: spec.offset,
+                    },
                     map: MapRef::Anon(entries),
                 }]));
             }
@@ -777,13 +1049,21 @@ impl<'a> FamilyBuilder<'a> {
         let slots = self.slots.clone();
         for (space, n) in slots {
             let npsp = space == KeySpace::NodePort;
-            let timeouts = self.affinity_timeouts.get(&space).cloned().unwrap_or_default();
+            let timeouts = self
+                .affinity_timeouts
+                .get(&space)
+                .cloned()
+                .unwrap_or_default();
             for i in 0..n {
                 let mut rules = Vec::new();
                 if !timeouts.is_empty() {
                     let set = affinity_slot_set(space, i);
                     let mut s = Set::new(&set, space.affinity_types(f), None);
-                    s.flags = SetFlags { interval: false, dynamic: true, timeout: Some(10800) };
+                    s.flags = SetFlags {
+                        interval: false,
+                        dynamic: true,
+                        timeout: Some(10800),
+                    };
                     s.comment = Some(format!("clients with affinity to endpoint slot {i}"));
                     self.sets.insert(set.clone(), s);
                     for t in &timeouts {
@@ -854,7 +1134,10 @@ fn endpoints_for(
         {
             continue;
         }
-        let Some(sp) = slice.ports.iter().find(|p| p.name == port_name && p.protocol == protocol)
+        let Some(sp) = slice
+            .ports
+            .iter()
+            .find(|p| p.name == port_name && p.protocol == protocol)
         else {
             continue;
         };
@@ -927,13 +1210,21 @@ pub fn compile(snapshot: &Snapshot, config: &ProxyConfig) -> Result<Compiled, Co
                 .to_owned(),
         });
     }
-    let services: Vec<&Service> =
-        snapshot.services.values().filter(|s| is_ours(s, config)).collect();
+    let services: Vec<&Service> = snapshot
+        .services
+        .values()
+        .filter(|s| is_ours(s, config))
+        .collect();
 
     let mut families = BTreeSet::from([IpFamily::V4]);
     let uses_v6 = all_node_ips.iter().any(|ip| ip.is_ipv6())
-        || config.cluster_cidrs.iter().any(|c| matches!(c, IpNet::V6(_)))
-        || services.iter().any(|s| s.cluster_ips.iter().any(|ip| ip.is_ipv6()));
+        || config
+            .cluster_cidrs
+            .iter()
+            .any(|c| matches!(c, IpNet::V6(_)))
+        || services
+            .iter()
+            .any(|s| s.cluster_ips.iter().any(|ip| ip.is_ipv6()));
     if uses_v6 {
         families.insert(IpFamily::V6);
     }
@@ -949,8 +1240,11 @@ pub fn compile(snapshot: &Snapshot, config: &ProxyConfig) -> Result<Compiled, Co
         .filter(|c| IpFamily::of(&c.addr()) == f)
         .map(|c| c.trunc())
         .collect();
-        let fam_ips: Vec<IpAddr> =
-            all_node_ips.iter().copied().filter(|ip| IpFamily::of(ip) == f).collect();
+        let fam_ips: Vec<IpAddr> = all_node_ips
+            .iter()
+            .copied()
+            .filter(|ip| IpFamily::of(ip) == f)
+            .collect();
         let npa: Vec<IpNet> = config
             .node_port_addresses
             .iter()
@@ -965,7 +1259,10 @@ pub fn compile(snapshot: &Snapshot, config: &ProxyConfig) -> Result<Compiled, Co
                 b.put_shared(NODEPORT_IPS, vec![Value::Addr(*ip)]);
             }
         } else {
-            for ip in fam_ips.iter().filter(|ip| npa.iter().any(|c| c.contains(*ip))) {
+            for ip in fam_ips
+                .iter()
+                .filter(|ip| npa.iter().any(|c| c.contains(*ip)))
+            {
                 b.put_shared(NODEPORT_IPS, vec![Value::Addr(*ip)]);
             }
         }

@@ -35,7 +35,12 @@ pub struct Table {
 impl Table {
     /// An empty table.
     pub fn new(family: IpFamily, name: impl Into<String>) -> Self {
-        Self { family, name: name.into(), chains: BTreeMap::new(), sets: BTreeMap::new() }
+        Self {
+            family,
+            name: name.into(),
+            chains: BTreeMap::new(),
+            sets: BTreeMap::new(),
+        }
     }
 }
 
@@ -110,7 +115,10 @@ pub struct Rule {
 impl Rule {
     /// A rule without comment.
     pub fn new(stmts: Vec<Stmt>) -> Self {
-        Self { stmts, comment: None }
+        Self {
+            stmts,
+            comment: None,
+        }
     }
     /// Attaches a comment.
     pub fn with_comment(mut self, comment: impl Into<String>) -> Self {
@@ -151,7 +159,7 @@ pub enum Expr {
         offset: u32,
     },
     /// Concatenation `a . b . c`.
-    Concat(Vec<Expr>),
+    Concat(Vec<Self>),
 }
 
 /// A constant value.
@@ -174,7 +182,7 @@ pub enum Value {
     /// `fib ... type local`.
     FibLocal,
     /// A concatenated value `a . b`.
-    Concat(Vec<Value>),
+    Concat(Vec<Self>),
 }
 
 /// Right-hand side of a match.
@@ -406,8 +414,14 @@ impl Ruleset {
                 for r in &c.rules {
                     for s in &r.stmts {
                         match s {
-                            Stmt::Match { right: MatchRight::AnonSet(_), .. } => n += 1,
-                            Stmt::Vmap { map: MapRef::Anon(_), .. } => n += 1,
+                            Stmt::Match {
+                                right: MatchRight::AnonSet(_),
+                                ..
+                            } => n += 1,
+                            Stmt::Vmap {
+                                map: MapRef::Anon(_),
+                                ..
+                            } => n += 1,
                             _ => {}
                         }
                     }
@@ -418,6 +432,10 @@ impl Ruleset {
     }
     /// Number of set and map elements over all tables.
     pub fn element_count(&self) -> usize {
-        self.tables.values().flat_map(|t| t.sets.values()).map(|s| s.elements.len()).sum()
+        self.tables
+            .values()
+            .flat_map(|t| t.sets.values())
+            .map(|s| s.elements.len())
+            .sum()
     }
 }
