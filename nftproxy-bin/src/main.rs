@@ -5,7 +5,11 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod apply;
+mod conntrack;
 mod input;
+mod nft;
+mod probe;
 
 use input::InputArgs;
 
@@ -27,6 +31,29 @@ enum Command {
         #[arg(long, value_enum, default_value_t = RenderFormat::Nft)]
         format: RenderFormat,
     },
+    /// Program the kernel (current network namespace) with the ruleset for a snapshot; a second
+    /// run sends only the difference.
+    Apply {
+        #[command(flatten)]
+        input: InputArgs,
+        /// How to talk to nft (default: JSON if the installed nft accepts our ruleset, else text).
+        #[arg(long, value_enum)]
+        backend: Option<nft::Backend>,
+        /// Print the transaction instead of sending it.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Remove everything nftproxy created (its own tables only).
+    Cleanup {
+        /// Table name (as `nftproxy.tableName` in the config).
+        #[arg(long, default_value = "nftproxy")]
+        table: String,
+        /// How to talk to nft.
+        #[arg(long, value_enum)]
+        backend: Option<nft::Backend>,
+    },
+    /// Show what the installed nft supports and which backend would be used.
+    Probe,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -46,6 +73,33 @@ fn run(cli: Cli) -> Result<()> {
                 RenderFormat::Json => nftproxy_core::render::to_json(&ruleset),
             };
             print!("{out}");
+        }
+        Command::Apply {
+            input,
+            backend,
+            dry_run,
+        } => {
+            let (_, config, ruleset) = input.compile()?;
+            apply::apply(
+                &config.table_name,
+                &ruleset,
+                &apply::ApplyOptions { backend, dry_run },
+            )?;
+        }
+        Command::Cleanup { table, backend } => {
+            nftproxy_core::parse::validate_table_name(&table)?;
+            apply::cleanup(&table, backend)?;
+        }
+        Command::Probe => {
+            let caps = probe::probe(&nft::Nft::from_env())?;
+            println!("nft {}", caps.version);
+            for (name, r) in [("json", &caps.json), ("text", &caps.text)] {
+                match r {
+                    Ok(()) => println!("{name} backend: ok"),
+                    Err(why) => println!("{name} backend: unavailable: {why}"),
+                }
+            }
+            println!("default backend: {}", caps.choose(None)?.as_str());
         }
     }
     Ok(())

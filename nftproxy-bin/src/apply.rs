@@ -1,0 +1,151 @@
+//! `nftproxy apply` and `nftproxy cleanup`: program the kernel in the current network namespace.
+//!
+//! Every apply reads our own tables back from the kernel, plans the difference to the desired
+//! ruleset and sends it as one nft batch, which the kernel commits atomically. Because the current
+//! state is always read back, an apply after a failed one is a full resync. Other tables are never
+//! read or touched.
+
+use anyhow::{Context, Result};
+use nftproxy_core::plan::{self, Transaction};
+use nftproxy_core::snapshot::IpFamily;
+use nftproxy_core::{readback, Ruleset};
+
+use crate::conntrack;
+use crate::nft::{Backend, Nft};
+use crate::probe;
+
+fn family_word(f: IpFamily) -> &'static str {
+    match f {
+        IpFamily::V4 => "ip",
+        IpFamily::V6 => "ip6",
+    }
+}
+
+/// Our tables as the kernel has them now (missing tables are simply absent).
+pub(crate) fn read_current(nft: &Nft, table: &str) -> Result<Ruleset> {
+    let mut current = Ruleset::default();
+    for family in [IpFamily::V4, IpFamily::V6] {
+        let word = family_word(family);
+        match nft.run(&["-j", "list", "table", word, table], None) {
+            Ok(json) => {
+                let read = readback::from_nft_json(&json)
+                    .with_context(|| format!("reading back table {word} {table}"))?;
+                current.tables.extend(read.tables);
+            }
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e).with_context(|| format!("listing table {word} {table}")),
+        }
+    }
+    Ok(current)
+}
+
+fn render(tx: &Transaction, backend: Backend) -> String {
+    match backend {
+        Backend::Json => tx.to_json(),
+        Backend::Text => tx.to_string(),
+    }
+}
+
+/// After a failed batch (which changed nothing), finds the first operation nft refuses by checking
+/// ever longer prefixes of the transaction (`--check` commits nothing), to name the object.
+fn first_refused(nft: &Nft, backend: Backend, tx: &Transaction) -> Option<String> {
+    let (mut ok, mut bad) = (0usize, tx.ops.len());
+    // Invariant: prefix [..ok] passes, prefix [..bad] fails.
+    while bad - ok > 1 {
+        let mid = (ok + bad) / 2;
+        let prefix = Transaction {
+            ops: tx.ops[..mid].to_vec(),
+        };
+        if nft.batch(backend, &render(&prefix, backend), true).is_ok() {
+            ok = mid;
+        } else {
+            bad = mid;
+        }
+    }
+    tx.ops.get(bad - 1).map(|op| op.to_string())
+}
+
+/// Sends a transaction; on failure the error names the refused operation.
+pub(crate) fn send(nft: &Nft, backend: Backend, tx: &Transaction) -> Result<()> {
+    if let Err(e) = nft.batch(backend, &render(tx, backend), false) {
+        let culprit = first_refused(nft, backend, tx)
+            .map(|op| format!(" at `{op}`"))
+            .unwrap_or_default();
+        return Err(e).with_context(|| {
+            format!(
+                "transaction of {} operations refused{culprit}; nothing was changed, the next apply \
+                 resynchronises from the kernel's state",
+                tx.len()
+            )
+        });
+    }
+    Ok(())
+}
+
+/// Options of `nftproxy apply`.
+pub(crate) struct ApplyOptions {
+    pub(crate) backend: Option<Backend>,
+    pub(crate) dry_run: bool,
+}
+
+/// Moves the kernel from its current state to `desired`.
+pub(crate) fn apply(table: &str, desired: &Ruleset, opts: &ApplyOptions) -> Result<()> {
+    let nft = Nft::from_env();
+    let caps = probe::probe(&nft)?;
+    let backend = caps.choose(opts.backend)?;
+    tracing::info!(
+        "nft {}: using the {} backend",
+        caps.version,
+        backend.as_str()
+    );
+    if let (Backend::Text, Err(why)) = (backend, &caps.json) {
+        tracing::info!("JSON backend unavailable: {why}");
+    }
+    let current = read_current(&nft, table)?;
+    let tx = plan::plan(&current, desired);
+    if opts.dry_run {
+        print!("{}", render(&tx, backend));
+        eprintln!("dry run: {} operations not sent", tx.len());
+        return Ok(());
+    }
+    if tx.is_empty() {
+        println!("up to date: sent 0 operations");
+        return Ok(());
+    }
+    send(&nft, backend, &tx)?;
+    let flows = conntrack::stale_flows(&current, desired);
+    let flushed = conntrack::flush(&flows);
+    println!(
+        "applied {} operations ({} elements, {} rules) with the {} backend{}",
+        tx.len(),
+        tx.element_count(),
+        tx.rule_count(),
+        backend.as_str(),
+        if flushed > 0 {
+            format!("; flushed stale UDP conntrack entries ({flushed} filters)")
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
+}
+
+/// Deletes our tables, atomically; other tables stay as they are.
+pub(crate) fn cleanup(table: &str, backend: Option<Backend>) -> Result<()> {
+    let nft = Nft::from_env();
+    let current = read_current(&nft, table)?;
+    if current.tables.is_empty() {
+        println!("nothing to clean up: no table {table}");
+        return Ok(());
+    }
+    let backend = backend.unwrap_or(Backend::Json);
+    let tx = plan::delete_all(&current);
+    send(&nft, backend, &tx)?;
+    let names: Vec<String> = current
+        .tables
+        .keys()
+        .map(|f| format!("{} {table}", family_word(*f)))
+        .collect();
+    println!("deleted table {}", names.join(" and table "));
+    Ok(())
+}

@@ -1,0 +1,209 @@
+//! Stale UDP conntrack entries.
+//!
+//! UDP has no connection teardown, so a client keeps sending to an endpoint that went away for as
+//! long as its conntrack entry lives. As kube-proxy does, after a sync we delete the entries that
+//! still DNAT a service port to a removed UDP endpoint, and the entries to a UDP service port that
+//! had no endpoints before (those packets were never DNATed and would keep missing the new rules).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::process::Command;
+
+use nftproxy_core::compile::names;
+use nftproxy_core::ruleset::{ElemData, Value};
+use nftproxy_core::snapshot::{IpFamily, Protocol};
+use nftproxy_core::Ruleset;
+
+/// A `conntrack -D` filter.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Flush {
+    /// IPv6 (else IPv4).
+    pub(crate) ipv6: bool,
+    /// Original destination (a VIP); `None` for NodePorts (any local address).
+    pub(crate) orig_dst: Option<IpAddr>,
+    /// Original destination port.
+    pub(crate) port: u16,
+    /// DNAT target to match; `None` for any (entries that were not DNATed).
+    pub(crate) dnat_to: Option<IpAddr>,
+}
+
+impl Flush {
+    fn args(&self) -> Vec<String> {
+        let mut a: Vec<String> = vec!["-D".into(), "-p".into(), "udp".into()];
+        if self.ipv6 {
+            a.extend(["-f".into(), "ipv6".into()]);
+        }
+        if let Some(d) = self.orig_dst {
+            a.extend(["--orig-dst".into(), d.to_string()]);
+        }
+        a.extend(["--orig-port-dst".into(), self.port.to_string()]);
+        if let Some(t) = self.dnat_to {
+            a.extend(["--dst-nat".into(), t.to_string()]);
+        }
+        a
+    }
+}
+
+/// UDP service key (IPv6?, `Some(vip)` or `None` for a NodePort, the port) → endpoint addresses.
+type UdpBackends = BTreeMap<(bool, Option<IpAddr>, u16), BTreeSet<IpAddr>>;
+
+fn udp_backends(ruleset: &Ruleset) -> UdpBackends {
+    let mut out = UdpBackends::new();
+    for (family, table) in &ruleset.tables {
+        let v6 = *family == IpFamily::V6;
+        for (name, set) in &table.sets {
+            let is_slot =
+                name.ends_with("-addr") && (name.starts_with("ep-") || name.starts_with("np-ep-"));
+            if !is_slot {
+                continue;
+            }
+            for (key, data) in &set.elements {
+                let Some(ElemData::Addr(ep)) = data else {
+                    continue;
+                };
+                let service = match key.as_slice() {
+                    [Value::Addr(vip), Value::Proto(Protocol::Udp), Value::Port(p)] => {
+                        (v6, Some(*vip), *p)
+                    }
+                    [Value::Proto(Protocol::Udp), Value::Port(p)] => (v6, None, *p),
+                    _ => continue,
+                };
+                out.entry(service).or_default().insert(*ep);
+            }
+        }
+    }
+    out
+}
+
+fn udp_without_endpoints(ruleset: &Ruleset) -> BTreeSet<(bool, Option<IpAddr>, u16)> {
+    let mut out = BTreeSet::new();
+    for (family, table) in &ruleset.tables {
+        let v6 = *family == IpFamily::V6;
+        for name in [names::NO_ENDPOINT_SERVICES, names::NO_ENDPOINT_NODEPORTS] {
+            let Some(set) = table.sets.get(name) else {
+                continue;
+            };
+            for key in set.elements.keys() {
+                match key.as_slice() {
+                    [Value::Addr(vip), Value::Proto(Protocol::Udp), Value::Port(p)] => {
+                        out.insert((v6, Some(*vip), *p));
+                    }
+                    [Value::Proto(Protocol::Udp), Value::Port(p)] => {
+                        out.insert((v6, None, *p));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The conntrack entries to delete after moving the kernel from `old` to `new`.
+pub(crate) fn stale_flows(old: &Ruleset, new: &Ruleset) -> Vec<Flush> {
+    let before = udp_backends(old);
+    let after = udp_backends(new);
+    let mut out = BTreeSet::new();
+    for (svc, eps) in &before {
+        let still = after.get(svc);
+        for ep in eps {
+            if !still.is_some_and(|s| s.contains(ep)) {
+                out.insert(Flush {
+                    ipv6: svc.0,
+                    orig_dst: svc.1,
+                    port: svc.2,
+                    dnat_to: Some(*ep),
+                });
+            }
+        }
+    }
+    let empty_before = udp_without_endpoints(old);
+    for svc in after.keys() {
+        if empty_before.contains(svc) {
+            out.insert(Flush {
+                ipv6: svc.0,
+                orig_dst: svc.1,
+                port: svc.2,
+                dnat_to: None,
+            });
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// Deletes the entries; returns how many filters were run. A missing `conntrack` tool is a warning.
+pub(crate) fn flush(flows: &[Flush]) -> usize {
+    let mut n = 0;
+    for f in flows {
+        match Command::new("conntrack").args(f.args()).output() {
+            Ok(_) => n += 1, // exit status 1 only means "0 flow entries deleted"
+            Err(e) => {
+                tracing::warn!("cannot run conntrack to delete stale UDP entries: {e}");
+                break;
+            }
+        }
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nftproxy_core::parse::parse_snapshot;
+    use nftproxy_core::{compile, ProxyConfig};
+
+    fn ruleset(endpoints: &[&str]) -> Ruleset {
+        let mut yaml = String::from(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: dns, namespace: kube-system}\n\
+             spec: {clusterIP: 172.30.0.10, ports: [{name: dns, protocol: UDP, port: 53}]}\n",
+        );
+        if !endpoints.is_empty() {
+            yaml.push_str(
+                "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+                 metadata: {name: dns-1, namespace: kube-system, labels: {kubernetes.io/service-name: dns}}\n\
+                 addressType: IPv4\nports: [{name: dns, protocol: UDP, port: 53}]\nendpoints:\n",
+            );
+            for e in endpoints {
+                yaml.push_str(&format!("- {{addresses: [{e}]}}\n"));
+            }
+        }
+        let snap = parse_snapshot(&yaml).unwrap().snapshot;
+        let cfg = ProxyConfig {
+            node_name: "n".into(),
+            ..ProxyConfig::default()
+        };
+        compile(&snap, &cfg).unwrap().ruleset
+    }
+
+    #[test]
+    fn removed_udp_endpoint_is_flushed() {
+        let flows = stale_flows(&ruleset(&["10.0.0.1", "10.0.0.2"]), &ruleset(&["10.0.0.1"]));
+        let vip: IpAddr = "172.30.0.10".parse().unwrap();
+        assert_eq!(
+            flows,
+            vec![Flush {
+                ipv6: false,
+                orig_dst: Some(vip),
+                port: 53,
+                dnat_to: Some("10.0.0.2".parse().unwrap())
+            }]
+        );
+        assert_eq!(
+            flows[0].args().join(" "),
+            "-D -p udp --orig-dst 172.30.0.10 --orig-port-dst 53 --dst-nat 10.0.0.2"
+        );
+    }
+
+    #[test]
+    fn service_gaining_endpoints_flushes_undnatted_entries() {
+        let flows = stale_flows(&ruleset(&[]), &ruleset(&["10.0.0.1"]));
+        assert_eq!(flows.len(), 1);
+        assert_eq!(flows[0].dnat_to, None);
+    }
+
+    #[test]
+    fn unchanged_endpoints_flush_nothing() {
+        let r = ruleset(&["10.0.0.1"]);
+        assert!(stale_flows(&r, &r).is_empty());
+    }
+}

@@ -1,0 +1,114 @@
+//! Capability probe: which nft is installed and which backend can express our ruleset.
+//!
+//! The probe compiles a built-in cluster that makes the compiler emit every construct it has, and
+//! asks nft to check (`--check`: nothing is committed) the full ruleset in JSON and in text. If the
+//! JSON form is refused, each rule is checked on its own to name the constructs that fail.
+
+use anyhow::{bail, Result};
+use nftproxy_core::parse::parse_snapshot;
+use nftproxy_core::plan::{self, Op, Transaction};
+use nftproxy_core::{compile, ProxyConfig, Ruleset};
+
+use crate::nft::{Backend, Nft};
+
+const PROBE_SNAPSHOT: &str = include_str!("probe.yaml");
+const PROBE_TABLE: &str = "nftproxy-probe";
+
+/// What the probe found.
+#[derive(Debug)]
+pub(crate) struct Capabilities {
+    /// `nft --version`.
+    pub(crate) version: String,
+    /// JSON backend accepted the full ruleset (else the reason).
+    pub(crate) json: Result<(), String>,
+    /// Text backend accepted the full ruleset (else the reason).
+    pub(crate) text: Result<(), String>,
+}
+
+impl Capabilities {
+    /// Picks the requested backend, or JSON when it works and text otherwise.
+    pub(crate) fn choose(&self, requested: Option<Backend>) -> Result<Backend> {
+        let pick = |b: Backend| match b {
+            Backend::Json => &self.json,
+            Backend::Text => &self.text,
+        };
+        match requested {
+            Some(b) => match pick(b) {
+                Ok(()) => Ok(b),
+                Err(why) => bail!(
+                    "the {} backend does not work with nft {}: {why}",
+                    b.as_str(),
+                    self.version
+                ),
+            },
+            None => [Backend::Json, Backend::Text]
+                .into_iter()
+                .find(|b| pick(*b).is_ok())
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "nft {} accepts neither JSON ({}) nor text ({})",
+                        self.version,
+                        self.json.as_ref().err().map_or("ok", |s| s.as_str()),
+                        self.text.as_ref().err().map_or("ok", |s| s.as_str())
+                    )
+                }),
+        }
+    }
+}
+
+fn probe_ruleset() -> Result<Ruleset> {
+    let snapshot = parse_snapshot(PROBE_SNAPSHOT)?.snapshot;
+    let config = ProxyConfig {
+        node_name: "probe".into(),
+        cluster_cidrs: vec!["10.0.0.0/8".parse()?, "fd00:10::/48".parse()?],
+        table_name: PROBE_TABLE.into(),
+        ..ProxyConfig::default()
+    };
+    Ok(compile(&snapshot, &config)?.ruleset)
+}
+
+fn render(tx: &Transaction, backend: Backend) -> String {
+    match backend {
+        Backend::Json => tx.to_json(),
+        Backend::Text => tx.to_string(),
+    }
+}
+
+/// Checks the probe ruleset with one backend; on failure, names the rules nft refuses.
+fn check(nft: &Nft, backend: Backend, tx: &Transaction) -> Result<(), String> {
+    let Err(e) = nft.batch(backend, &render(tx, backend), true) else {
+        return Ok(());
+    };
+    let skeleton: Vec<Op> = tx
+        .ops
+        .iter()
+        .filter(|op| !matches!(op, Op::AddRule { .. }))
+        .cloned()
+        .collect();
+    let mut refused = Vec::new();
+    for op in tx.ops.iter().filter(|op| matches!(op, Op::AddRule { .. })) {
+        let mut one = Transaction {
+            ops: skeleton.clone(),
+        };
+        one.ops.push(op.clone());
+        if nft.batch(backend, &render(&one, backend), true).is_err() {
+            refused.push(op.object_text());
+        }
+    }
+    if refused.is_empty() {
+        Err(e.to_string())
+    } else {
+        Err(format!("refused: {}", refused.join("; ")))
+    }
+}
+
+/// Probes the installed nft.
+pub(crate) fn probe(nft: &Nft) -> Result<Capabilities> {
+    let version = nft.version()?;
+    let tx = plan::full(&probe_ruleset()?);
+    Ok(Capabilities {
+        version,
+        json: check(nft, Backend::Json, &tx),
+        text: check(nft, Backend::Text, &tx),
+    })
+}
