@@ -22,7 +22,10 @@ pub struct ObjectName {
 impl ObjectName {
     /// Builds a name from its parts.
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        Self { namespace: namespace.into(), name: name.into() }
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
     }
 }
 
