@@ -2,8 +2,12 @@
 
 use std::process::ExitCode;
 
+use std::net::IpAddr;
+
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
+use nftproxy_core::snapshot::Protocol;
+use nftproxy_core::trace;
 
 mod apply;
 mod conntrack;
@@ -52,8 +56,46 @@ enum Command {
         #[arg(long, value_enum)]
         backend: Option<nft::Backend>,
     },
+    /// Explain where a packet goes: evaluate the ruleset for one new connection.
+    Trace {
+        #[command(flatten)]
+        input: InputArgs,
+        /// Source address.
+        #[arg(long)]
+        src: IpAddr,
+        /// Destination address.
+        #[arg(long)]
+        dst: IpAddr,
+        /// Destination port.
+        #[arg(long)]
+        dport: u16,
+        /// Protocol.
+        #[arg(long, value_enum, default_value_t = Proto::Tcp)]
+        proto: Proto,
+        /// The packet is sent by the node itself (output hook) instead of arriving on an interface.
+        #[arg(long)]
+        local: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = TraceFormat::Text)]
+        format: TraceFormat,
+    },
     /// Show what the installed nft supports and which backend would be used.
     Probe,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Proto {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum TraceFormat {
+    /// For people: the chains and rules hit, then a sentence.
+    Text,
+    /// One JSON object: verdict, endpoints, masquerade, path.
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -89,6 +131,46 @@ fn run(cli: Cli) -> Result<()> {
         Command::Cleanup { table, backend } => {
             nftproxy_core::parse::validate_table_name(&table)?;
             apply::cleanup(&table, backend)?;
+        }
+        Command::Trace {
+            input,
+            src,
+            dst,
+            dport,
+            proto,
+            local,
+            format,
+        } => {
+            let (snapshot, config, ruleset) = input.compile()?;
+            let packet = trace::Packet {
+                src,
+                dst,
+                dport,
+                proto: match proto {
+                    Proto::Tcp => Protocol::Tcp,
+                    Proto::Udp => Protocol::Udp,
+                    Proto::Sctp => Protocol::Sctp,
+                },
+                origin: if local {
+                    trace::Origin::Local
+                } else {
+                    trace::Origin::Interface
+                },
+            };
+            let local_addrs = if config.node_ips.is_empty() {
+                snapshot
+                    .nodes
+                    .get(&config.node_name)
+                    .map(|n| n.addresses.clone())
+                    .unwrap_or_default()
+            } else {
+                config.node_ips.clone()
+            };
+            let outcome = trace::trace(&ruleset, &packet, &trace::TraceEnv { local_addrs })?;
+            match format {
+                TraceFormat::Text => print!("{}", trace::format_text(&outcome, &packet)),
+                TraceFormat::Json => println!("{}", trace::format_json(&outcome)),
+            }
         }
         Command::Probe => {
             let caps = probe::probe(&nft::Nft::from_env())?;

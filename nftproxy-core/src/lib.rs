@@ -41,10 +41,14 @@
 
 pub mod compile;
 pub mod config;
+pub mod fake;
 pub mod parse;
+pub mod plan;
+pub mod readback;
 pub mod render;
 pub mod ruleset;
 pub mod snapshot;
+pub mod trace;
 
 pub use compile::{compile, CompileError, Compiled};
 pub use config::ProxyConfig;
