@@ -15,15 +15,18 @@ fn check_case(case: &str) {
         if json {
             argv.push("-j");
         }
+        ns.ok(&["nft", "flush", "ruleset"]);
         let mut check = argv.clone();
         check.extend(["--check", "-f", path]);
         ns.ok(&check);
-        ns.ok(&["nft", "flush", "ruleset"]);
         let mut load = argv.clone();
         load.extend(["-f", path]);
         ns.ok(&load);
         let listed = ns.ok(&["nft", "list", "ruleset"]);
-        assert!(listed.contains("chain services"), "{case}/{file}: nothing loaded");
+        assert!(
+            listed.contains("chain services"),
+            "{case}/{file}: nothing loaded"
+        );
     }
 }
 
