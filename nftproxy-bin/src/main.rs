@@ -191,6 +191,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_target(false)
+        .without_time()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("NFTPROXY_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

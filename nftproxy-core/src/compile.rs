@@ -757,9 +757,7 @@ impl<'a> FamilyBuilder<'a> {
         if allow_from_node {
             out.extend(lb_ips.iter().map(|ip| IpNet::from(*ip)));
         }
-        out.sort();
-        out.dedup();
-        out
+        without_covered(out)
     }
 
     fn finish(mut self) -> (Table, Vec<Warning>) {
@@ -1092,6 +1090,16 @@ impl<'a> FamilyBuilder<'a> {
     }
 }
 
+/// Sorted prefixes without duplicates and without prefixes inside another one: nft refuses
+/// overlapping elements in an interval set.
+fn without_covered(mut nets: Vec<IpNet>) -> Vec<IpNet> {
+    nets.sort();
+    nets.dedup();
+    let all = nets.clone();
+    nets.retain(|n| !all.iter().any(|o| o != n && o.contains(n)));
+    nets
+}
+
 fn affinity_set(space: KeySpace, timeout: u32) -> String {
     format!("{}affinity-{timeout}", space.prefix())
 }
@@ -1240,6 +1248,7 @@ pub fn compile(snapshot: &Snapshot, config: &ProxyConfig) -> Result<Compiled, Co
         .filter(|c| IpFamily::of(&c.addr()) == f)
         .map(|c| c.trunc())
         .collect();
+        b.pod_cidrs = without_covered(b.pod_cidrs);
         let fam_ips: Vec<IpAddr> = all_node_ips
             .iter()
             .copied()
@@ -1274,4 +1283,111 @@ pub fn compile(snapshot: &Snapshot, config: &ProxyConfig) -> Result<Compiled, Co
         ruleset.tables.insert(f, table);
     }
     Ok(Compiled { ruleset, warnings })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::{Endpoint, EndpointSlice, ServicePort, SlicePort};
+
+    fn lb_service(ranges: &[&str]) -> Snapshot {
+        let name = ObjectName::new("default", "fw");
+        let svc = Service {
+            name: name.clone(),
+            service_type: ServiceType::LoadBalancer,
+            cluster_ips: vec!["172.30.0.1".parse().unwrap()],
+            ports: vec![ServicePort {
+                name: "http".into(),
+                protocol: Protocol::Tcp,
+                port: 80,
+                node_port: Some(30080),
+            }],
+            external_ips: vec![],
+            load_balancer_ips: vec!["1.2.3.4".parse().unwrap()],
+            load_balancer_source_ranges: ranges.iter().map(|r| r.parse().unwrap()).collect(),
+            external_traffic_policy: TrafficPolicy::Cluster,
+            internal_traffic_policy: TrafficPolicy::Cluster,
+            session_affinity_timeout: None,
+            service_proxy_name: None,
+            traffic_distribution: None,
+        };
+        let slice = EndpointSlice {
+            name: ObjectName::new("default", "fw-1"),
+            service_name: Some("fw".into()),
+            address_type: crate::snapshot::AddressType::Ipv4,
+            headless_label: false,
+            ports: vec![SlicePort { name: "http".into(), protocol: Protocol::Tcp, port: 8080 }],
+            endpoints: vec![Endpoint {
+                address: "10.0.1.5".parse().unwrap(),
+                ready: true,
+                serving: true,
+                terminating: false,
+                node_name: Some("node-a".into()),
+                zone: None,
+                hint_zones: vec![],
+                hint_nodes: vec![],
+            }],
+        };
+        let mut s = Snapshot::default();
+        s.services.insert(name, svc);
+        s.slices.insert(slice.name.clone(), slice);
+        s
+    }
+
+    fn config() -> ProxyConfig {
+        ProxyConfig {
+            node_name: "node-a".into(),
+            node_ips: vec!["192.168.0.2".parse().unwrap()],
+            cluster_cidrs: vec!["10.0.0.0/8".parse().unwrap(), "10.1.0.0/16".parse().unwrap()],
+            ..ProxyConfig::default()
+        }
+    }
+
+    fn elements(r: &Ruleset, set: &str) -> Vec<Vec<Value>> {
+        r.tables[&IpFamily::V4].sets[set].elements.keys().cloned().collect()
+    }
+
+    #[test]
+    fn overlapping_source_ranges_are_merged() {
+        // 0.0.0.0/0 contains the node IP, so the LB IP is allowed too; it is inside 0.0.0.0/0.
+        let snap = lb_service(&["0.0.0.0/0", "203.0.113.0/24"]);
+        let r = compile(&snap, &config()).unwrap().ruleset;
+        let allow = elements(&r, FIREWALL_ALLOW);
+        assert_eq!(allow.len(), 1, "{allow:?}");
+        assert_eq!(allow[0].last(), Some(&Value::Prefix("0.0.0.0/0".parse().unwrap())));
+    }
+
+    #[test]
+    fn nested_cluster_cidrs_are_merged() {
+        let r = compile(&lb_service(&[]), &config()).unwrap().ruleset;
+        assert_eq!(elements(&r, POD_CIDRS), vec![vec![Value::Prefix("10.0.0.0/8".parse().unwrap())]]);
+    }
+
+    #[test]
+    fn node_ip_in_range_admits_lb_ip_as_source() {
+        let r = compile(&lb_service(&["192.168.0.0/24"]), &config()).unwrap().ruleset;
+        let allow: Vec<Value> =
+            elements(&r, FIREWALL_ALLOW).into_iter().filter_map(|k| k.last().cloned()).collect();
+        assert_eq!(
+            allow,
+            vec![
+                Value::Prefix("1.2.3.4/32".parse().unwrap()),
+                Value::Prefix("192.168.0.0/24".parse().unwrap())
+            ]
+        );
+    }
+
+    #[test]
+    fn config_errors_are_reported() {
+        let snap = Snapshot::default();
+        let mut c = config();
+        c.node_name.clear();
+        assert!(matches!(compile(&snap, &c), Err(CompileError::MissingNodeName)));
+        let mut c = config();
+        c.table_name = "1bad".into();
+        assert!(matches!(compile(&snap, &c), Err(CompileError::TableName(_))));
+        let mut c = config();
+        c.masquerade_bit = 32;
+        assert!(matches!(compile(&snap, &c), Err(CompileError::MasqueradeBit(32))));
+    }
 }
