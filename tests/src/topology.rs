@@ -274,6 +274,10 @@ impl Topology {
             "net.ipv6.conf.all.forwarding=1",
             "net.ipv4.conf.all.rp_filter=0",
             "net.ipv4.conf.default.rp_filter=0",
+            // Hairpin traffic leaves by the link it came in on; an ICMP redirect for it would use
+            // up the per-host ICMP rate limit and suppress the port-unreachable of a reject.
+            "net.ipv4.conf.all.send_redirects=0",
+            "net.ipv4.conf.default.send_redirects=0",
         ] {
             node.ok(&["sysctl", "-q", "-w", sysctl]);
         }
