@@ -54,3 +54,8 @@ pub use compile::{compile, CompileError, Compiled};
 pub use config::ProxyConfig;
 pub use ruleset::Ruleset;
 pub use snapshot::Snapshot;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
