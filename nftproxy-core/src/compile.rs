@@ -38,7 +38,8 @@ use crate::ruleset::{
     MatchRight, Rule, Ruleset, Set, SetFlags, Stmt, Table, Value, Verdict,
 };
 use crate::snapshot::{
-    IpFamily, ObjectName, Protocol, Service, ServiceType, Snapshot, TrafficPolicy, Warning,
+    EndpointSlice, IpFamily, ObjectName, Protocol, Service, ServiceType, Snapshot, TrafficPolicy,
+    Warning,
 };
 
 /// The compiled ruleset and what was skipped on the way.
@@ -504,26 +505,21 @@ impl<'a> FamilyBuilder<'a> {
         }
     }
 
+    /// Gives a set its definition, keeping any elements already recorded in it.
+    fn define(&mut self, name: &str, key: Vec<KeyType>, data: Option<DataType>, comment: String) {
+        let set = self.set_mut(name);
+        set.key = key;
+        set.data = data;
+        set.comment = Some(comment);
+    }
+
     fn put_shared(&mut self, set: &str, key: Vec<Value>) {
         self.set_mut(set).elements.insert(key, None);
     }
 
     fn ensure_slot(&mut self, space: KeySpace, i: u32) {
-        let f = self.family;
         let n = self.slots.entry(space).or_insert(0);
-        if *n > i {
-            return;
-        }
-        for j in *n..=i {
-            let (am, pm) = slot_maps(space == KeySpace::NodePort, j);
-            let mut a = Set::new(&am, space.key_types(f), Some(DataType::Addr));
-            a.comment = Some(format!("address of endpoint slot {j}"));
-            let mut p = Set::new(&pm, space.key_types(f), Some(DataType::InetService));
-            p.comment = Some(format!("port of endpoint slot {j}"));
-            self.sets.insert(am, a);
-            self.sets.insert(pm, p);
-        }
-        *n = i + 1;
+        *n = (*n).max(i + 1);
     }
 
     /// Writes the slots of one key and registers the load-balancing chains it needs.
@@ -567,17 +563,17 @@ impl<'a> FamilyBuilder<'a> {
         }
         if let Some(t) = affinity {
             self.affinity_timeouts.entry(space).or_default().insert(t);
-            let set = affinity_set(space, t);
-            if !self.sets.contains_key(&set) {
-                let mut s = Set::new(&set, space.key_types(self.family), None);
-                s.comment = Some(format!("ports with ClientIP affinity, timeout {t}s"));
-                self.sets.insert(set.clone(), s);
-            }
-            self.put(owner, &set, key.to_vec(), None);
+            self.put(owner, &affinity_set(space, t), key.to_vec(), None);
         }
     }
 
-    fn add_service(&mut self, svc: &Service, snapshot: &Snapshot, node: &str, zone: Option<&str>) {
+    fn add_service(
+        &mut self,
+        svc: &Service,
+        slices: &[&EndpointSlice],
+        node: &str,
+        zone: Option<&str>,
+    ) {
         let f = self.family;
         let Some(cluster_ip) = svc
             .cluster_ips
@@ -616,7 +612,7 @@ impl<'a> FamilyBuilder<'a> {
             let itp_local = svc.internal_traffic_policy == TrafficPolicy::Local;
             let uses_cluster = !itp_local || externally_accessible;
             let uses_local = itp_local || etp_local;
-            let eps = endpoints_for(snapshot, svc, port.name.as_str(), port.protocol, f, node);
+            let eps = endpoints_for(slices, port.name.as_str(), port.protocol, f, node);
             let cat = categorize(&eps, uses_cluster, uses_local, node, zone);
             let Slots {
                 slots,
@@ -762,6 +758,35 @@ impl<'a> FamilyBuilder<'a> {
 
     fn finish(mut self) -> (Table, Vec<Warning>) {
         let f = self.family;
+        // Sets whose number follows the services: endpoint slot maps and affinity sets. Their
+        // elements may already be there (recorded under a placeholder definition).
+        for (space, n) in self.slots.clone() {
+            for j in 0..n {
+                let (am, pm) = slot_maps(space == KeySpace::NodePort, j);
+                self.define(
+                    &am,
+                    space.key_types(f),
+                    Some(DataType::Addr),
+                    format!("address of endpoint slot {j}"),
+                );
+                self.define(
+                    &pm,
+                    space.key_types(f),
+                    Some(DataType::InetService),
+                    format!("port of endpoint slot {j}"),
+                );
+            }
+        }
+        for (space, timeouts) in self.affinity_timeouts.clone() {
+            for t in timeouts {
+                self.define(
+                    &affinity_set(space, t),
+                    space.key_types(f),
+                    None,
+                    format!("ports with ClientIP affinity, timeout {t}s"),
+                );
+            }
+        }
         let cfg = self.cfg;
         let mark = cfg.masquerade_mark();
         let mut t = Table::new(f, cfg.table_name.clone());
@@ -1122,11 +1147,25 @@ fn describe_key(key: &[Value]) -> String {
         .join(" . ")
 }
 
+/// The slices of every service, by (namespace, service name), in slice name order.
+pub(crate) fn slices_by_service(
+    snapshot: &Snapshot,
+) -> BTreeMap<(&str, &str), Vec<&EndpointSlice>> {
+    let mut out: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
+    for slice in snapshot.slices.values() {
+        if let Some(svc) = slice.service_name.as_deref() {
+            out.entry((slice.name.namespace.as_str(), svc))
+                .or_default()
+                .push(slice);
+        }
+    }
+    out
+}
+
 /// The usable endpoints of one service port in one family, from all of the service's slices,
 /// deduplicated by address and port (the first slice in name order wins).
 fn endpoints_for(
-    snapshot: &Snapshot,
-    svc: &Service,
+    slices: &[&EndpointSlice],
     port_name: &str,
     protocol: Protocol,
     family: IpFamily,
@@ -1134,12 +1173,8 @@ fn endpoints_for(
 ) -> Vec<Ep> {
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
-    for slice in snapshot.slices.values() {
-        if slice.name.namespace != svc.name.namespace
-            || slice.service_name.as_deref() != Some(svc.name.name.as_str())
-            || slice.headless_label
-            || slice.address_type.family() != Some(family)
-        {
+    for slice in slices {
+        if slice.headless_label || slice.address_type.family() != Some(family) {
             continue;
         }
         let Some(sp) = slice
@@ -1194,9 +1229,8 @@ fn is_ours(svc: &Service, cfg: &ProxyConfig) -> bool {
         && svc.service_proxy_name == cfg.service_proxy_name
 }
 
-/// Compiles a snapshot into a ruleset: an `ip` table, and an `ip6` table when the node, the
-/// config or any service uses IPv6.
-pub fn compile(snapshot: &Snapshot, config: &ProxyConfig) -> Result<Compiled, CompileError> {
+/// Checks the parts of the config the compiler relies on.
+pub(crate) fn check_config(config: &ProxyConfig) -> Result<(), CompileError> {
     if config.node_name.is_empty() {
         return Err(CompileError::MissingNodeName);
     }
@@ -1206,50 +1240,82 @@ pub fn compile(snapshot: &Snapshot, config: &ProxyConfig) -> Result<Compiled, Co
     if !valid_table_name(&config.table_name) {
         return Err(CompileError::TableName(config.table_name.clone()));
     }
-    let node = snapshot.nodes.get(&config.node_name);
-    let zone = node.and_then(|n| n.zone.as_deref());
-    let mut warnings = Vec::new();
-    let all_node_ips = node_ips(config, Some(snapshot));
-    if all_node_ips.is_empty() {
-        warnings.push(Warning {
+    Ok(())
+}
+
+/// What the compiler takes from this node's Node object (or the config's overrides).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct NodeContext {
+    /// Label `topology.kubernetes.io/zone`.
+    pub(crate) zone: Option<String>,
+    /// `--node-ip`, else the Node object's addresses.
+    pub(crate) node_ips: Vec<IpAddr>,
+    /// The Node object's pod CIDRs.
+    pub(crate) pod_cidrs: Vec<IpNet>,
+}
+
+impl NodeContext {
+    pub(crate) fn of(snapshot: &Snapshot, config: &ProxyConfig) -> Self {
+        let node = snapshot.nodes.get(&config.node_name);
+        Self {
+            zone: node.and_then(|n| n.zone.clone()),
+            node_ips: node_ips(config, Some(snapshot)),
+            pod_cidrs: node.map(|n| n.pod_cidrs.clone()).unwrap_or_default(),
+        }
+    }
+
+    /// The families to build tables for: IPv4 always, IPv6 when the node, the config or a
+    /// service uses it.
+    pub(crate) fn families<'s>(
+        &self,
+        config: &ProxyConfig,
+        services: impl IntoIterator<Item = &'s Service>,
+    ) -> BTreeSet<IpFamily> {
+        let mut families = BTreeSet::from([IpFamily::V4]);
+        let uses_v6 = self.node_ips.iter().any(|ip| ip.is_ipv6())
+            || config
+                .cluster_cidrs
+                .iter()
+                .any(|c| matches!(c, IpNet::V6(_)))
+            || services
+                .into_iter()
+                .any(|s| s.cluster_ips.iter().any(|ip| ip.is_ipv6()));
+        if uses_v6 {
+            families.insert(IpFamily::V6);
+        }
+        families
+    }
+
+    fn warnings(&self, config: &ProxyConfig) -> Vec<Warning> {
+        if !self.node_ips.is_empty() {
+            return Vec::new();
+        }
+        vec![Warning {
             object: format!("Node {}", config.node_name),
             message: "no node IPs known (no Node object and no --node-ip): NodePorts only answer \
                       on addresses in nodePortAddresses that the node owns"
                 .to_owned(),
-        });
+        }]
     }
-    let services: Vec<&Service> = snapshot
-        .services
-        .values()
-        .filter(|s| is_ours(s, config))
-        .collect();
+}
 
-    let mut families = BTreeSet::from([IpFamily::V4]);
-    let uses_v6 = all_node_ips.iter().any(|ip| ip.is_ipv6())
-        || config
-            .cluster_cidrs
-            .iter()
-            .any(|c| matches!(c, IpNet::V6(_)))
-        || services
-            .iter()
-            .any(|s| s.cluster_ips.iter().any(|ip| ip.is_ipv6()));
-    if uses_v6 {
-        families.insert(IpFamily::V6);
-    }
-
-    let mut ruleset = Ruleset::default();
-    for f in families {
-        let mut b = FamilyBuilder::new(f, config);
-        b.pod_cidrs = match config.detect_local {
+impl<'a> FamilyBuilder<'a> {
+    /// A builder with this node's pod CIDRs and NodePort addresses in place.
+    fn for_node(f: IpFamily, config: &'a ProxyConfig, ctx: &NodeContext) -> Self {
+        let mut b = Self::new(f, config);
+        let pod_cidrs = match config.detect_local {
             DetectLocal::ClusterCidr => config.cluster_cidrs.clone(),
-            DetectLocal::NodeCidr => node.map(|n| n.pod_cidrs.clone()).unwrap_or_default(),
-        }
-        .into_iter()
-        .filter(|c| IpFamily::of(&c.addr()) == f)
-        .map(|c| c.trunc())
-        .collect();
-        b.pod_cidrs = without_covered(b.pod_cidrs);
-        let fam_ips: Vec<IpAddr> = all_node_ips
+            DetectLocal::NodeCidr => ctx.pod_cidrs.clone(),
+        };
+        b.pod_cidrs = without_covered(
+            pod_cidrs
+                .into_iter()
+                .filter(|c| IpFamily::of(&c.addr()) == f)
+                .map(|c| c.trunc())
+                .collect(),
+        );
+        let fam_ips: Vec<IpAddr> = ctx
+            .node_ips
             .iter()
             .copied()
             .filter(|ip| IpFamily::of(ip) == f)
@@ -1275,8 +1341,31 @@ pub fn compile(snapshot: &Snapshot, config: &ProxyConfig) -> Result<Compiled, Co
                 b.put_shared(NODEPORT_IPS, vec![Value::Addr(*ip)]);
             }
         }
+        b
+    }
+}
+
+/// Compiles a snapshot into a ruleset: an `ip` table, and an `ip6` table when the node, the
+/// config or any service uses IPv6.
+pub fn compile(snapshot: &Snapshot, config: &ProxyConfig) -> Result<Compiled, CompileError> {
+    check_config(config)?;
+    let ctx = NodeContext::of(snapshot, config);
+    let mut warnings = ctx.warnings(config);
+    let services: Vec<&Service> = snapshot
+        .services
+        .values()
+        .filter(|s| is_ours(s, config))
+        .collect();
+    let slices = slices_by_service(snapshot);
+    let mut ruleset = Ruleset::default();
+    for f in ctx.families(config, services.iter().copied()) {
+        let mut b = FamilyBuilder::for_node(f, config, &ctx);
         for svc in &services {
-            b.add_service(svc, snapshot, &config.node_name, zone);
+            let own = slices
+                .get(&(svc.name.namespace.as_str(), svc.name.name.as_str()))
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
+            b.add_service(svc, own, &config.node_name, ctx.zone.as_deref());
         }
         let (table, w) = b.finish();
         warnings.extend(w);
@@ -1316,7 +1405,11 @@ mod tests {
             service_name: Some("fw".into()),
             address_type: crate::snapshot::AddressType::Ipv4,
             headless_label: false,
-            ports: vec![SlicePort { name: "http".into(), protocol: Protocol::Tcp, port: 8080 }],
+            ports: vec![SlicePort {
+                name: "http".into(),
+                protocol: Protocol::Tcp,
+                port: 8080,
+            }],
             endpoints: vec![Endpoint {
                 address: "10.0.1.5".parse().unwrap(),
                 ready: true,
@@ -1338,13 +1431,20 @@ mod tests {
         ProxyConfig {
             node_name: "node-a".into(),
             node_ips: vec!["192.168.0.2".parse().unwrap()],
-            cluster_cidrs: vec!["10.0.0.0/8".parse().unwrap(), "10.1.0.0/16".parse().unwrap()],
+            cluster_cidrs: vec![
+                "10.0.0.0/8".parse().unwrap(),
+                "10.1.0.0/16".parse().unwrap(),
+            ],
             ..ProxyConfig::default()
         }
     }
 
     fn elements(r: &Ruleset, set: &str) -> Vec<Vec<Value>> {
-        r.tables[&IpFamily::V4].sets[set].elements.keys().cloned().collect()
+        r.tables[&IpFamily::V4].sets[set]
+            .elements
+            .keys()
+            .cloned()
+            .collect()
     }
 
     #[test]
@@ -1354,20 +1454,30 @@ mod tests {
         let r = compile(&snap, &config()).unwrap().ruleset;
         let allow = elements(&r, FIREWALL_ALLOW);
         assert_eq!(allow.len(), 1, "{allow:?}");
-        assert_eq!(allow[0].last(), Some(&Value::Prefix("0.0.0.0/0".parse().unwrap())));
+        assert_eq!(
+            allow[0].last(),
+            Some(&Value::Prefix("0.0.0.0/0".parse().unwrap()))
+        );
     }
 
     #[test]
     fn nested_cluster_cidrs_are_merged() {
         let r = compile(&lb_service(&[]), &config()).unwrap().ruleset;
-        assert_eq!(elements(&r, POD_CIDRS), vec![vec![Value::Prefix("10.0.0.0/8".parse().unwrap())]]);
+        assert_eq!(
+            elements(&r, POD_CIDRS),
+            vec![vec![Value::Prefix("10.0.0.0/8".parse().unwrap())]]
+        );
     }
 
     #[test]
     fn node_ip_in_range_admits_lb_ip_as_source() {
-        let r = compile(&lb_service(&["192.168.0.0/24"]), &config()).unwrap().ruleset;
-        let allow: Vec<Value> =
-            elements(&r, FIREWALL_ALLOW).into_iter().filter_map(|k| k.last().cloned()).collect();
+        let r = compile(&lb_service(&["192.168.0.0/24"]), &config())
+            .unwrap()
+            .ruleset;
+        let allow: Vec<Value> = elements(&r, FIREWALL_ALLOW)
+            .into_iter()
+            .filter_map(|k| k.last().cloned())
+            .collect();
         assert_eq!(
             allow,
             vec![
@@ -1382,12 +1492,21 @@ mod tests {
         let snap = Snapshot::default();
         let mut c = config();
         c.node_name.clear();
-        assert!(matches!(compile(&snap, &c), Err(CompileError::MissingNodeName)));
+        assert!(matches!(
+            compile(&snap, &c),
+            Err(CompileError::MissingNodeName)
+        ));
         let mut c = config();
         c.table_name = "1bad".into();
-        assert!(matches!(compile(&snap, &c), Err(CompileError::TableName(_))));
+        assert!(matches!(
+            compile(&snap, &c),
+            Err(CompileError::TableName(_))
+        ));
         let mut c = config();
         c.masquerade_bit = 32;
-        assert!(matches!(compile(&snap, &c), Err(CompileError::MasqueradeBit(32))));
+        assert!(matches!(
+            compile(&snap, &c),
+            Err(CompileError::MasqueradeBit(32))
+        ));
     }
 }
