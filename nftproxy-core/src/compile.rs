@@ -102,6 +102,9 @@ pub mod names {
 }
 use names::*;
 
+pub mod incremental;
+pub use incremental::IncrementalCompiler;
+
 /// Where a key lives: VIP keys (`daddr . l4proto . dport`) or NodePort keys (`l4proto . dport`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum KeySpace {
@@ -334,6 +337,8 @@ struct FamilyBuilder<'a> {
     affinity_timeouts: BTreeMap<KeySpace, BTreeSet<u32>>,
     pod_cidrs: Vec<IpNet>,
     nodeports_all_local: bool,
+    /// This node's IPs (all families), for loadBalancerSourceRanges.
+    node_ips: Vec<IpAddr>,
     warnings: Vec<Warning>,
     owners: BTreeMap<(String, Vec<Value>), ObjectName>,
 }
@@ -470,6 +475,7 @@ impl<'a> FamilyBuilder<'a> {
             affinity_timeouts: BTreeMap::new(),
             pod_cidrs: Vec::new(),
             nodeports_all_local: false,
+            node_ips: Vec::new(),
             warnings: Vec::new(),
             owners: BTreeMap::new(),
         }
@@ -673,8 +679,13 @@ impl<'a> FamilyBuilder<'a> {
             } else {
                 vec![(false, cluster_range)]
             };
-            let fw =
-                cat.has_any && !lb_ips.is_empty() && !svc.load_balancer_source_ranges.is_empty();
+            // kube-proxy keeps only the source ranges of the service port's family.
+            let fw = cat.has_any
+                && !lb_ips.is_empty()
+                && svc
+                    .load_balancer_source_ranges
+                    .iter()
+                    .any(|r| IpFamily::of(&r.addr()) == f);
             for (ip, is_lb) in external_ips
                 .iter()
                 .map(|i| (*i, false))
@@ -745,10 +756,9 @@ impl<'a> FamilyBuilder<'a> {
             .filter(|r| IpFamily::of(&r.addr()) == f)
             .map(|r| r.trunc())
             .collect();
-        let node_ips = node_ips(self.cfg, None);
         let allow_from_node = ranges
             .iter()
-            .any(|r| node_ips.iter().any(|ip| r.contains(ip)));
+            .any(|r| self.node_ips.iter().any(|ip| r.contains(ip)));
         let mut out = ranges;
         if allow_from_node {
             out.extend(lb_ips.iter().map(|ip| IpNet::from(*ip)));
@@ -758,6 +768,19 @@ impl<'a> FamilyBuilder<'a> {
 
     fn finish(mut self) -> (Table, Vec<Warning>) {
         let f = self.family;
+        // Headroom: slots and plain load-balancing chains up to the next power of two of the
+        // largest endpoint count, so that an endpoint more or less is only element changes.
+        for (space, n) in self.slots.iter_mut() {
+            *n = (*n + 1).next_power_of_two();
+            for count in 1..=*n {
+                self.lb_specs.insert(LbSpec {
+                    space: *space,
+                    count,
+                    offset: 0,
+                    affinity: false,
+                });
+            }
+        }
         // Sets whose number follows the services: endpoint slot maps and affinity sets. Their
         // elements may already be there (recorded under a placeholder definition).
         for (space, n) in self.slots.clone() {
@@ -866,15 +889,17 @@ impl<'a> FamilyBuilder<'a> {
         chain(
             "filter-output",
             base(ChainType::Filter, Hook::Output, -110),
-            vec![
-                Rule::new(vec![ct_new(), jump("service-endpoints-check")]),
-                Rule::new(vec![ct_new(), jump("firewall-check")]),
-            ],
+            vec![Rule::new(vec![ct_new(), jump("firewall-check")])],
         );
         chain(
             "filter-output-post-dnat",
             base(ChainType::Filter, Hook::Output, -90),
-            vec![Rule::new(vec![ct_new(), jump("cluster-ips-check")])],
+            // After DNAT, so that the node's own traffic to an externalTrafficPolicy Local IP
+            // without local endpoints is short-circuited first (kubernetes#131765).
+            vec![
+                Rule::new(vec![ct_new(), jump("service-endpoints-check")]),
+                Rule::new(vec![ct_new(), jump("cluster-ips-check")]),
+            ],
         );
         chain(
             "nat-prerouting",
@@ -909,18 +934,37 @@ impl<'a> FamilyBuilder<'a> {
             None,
             vec![Rule::new(vec![vmap(vip_key.clone(), NO_ENDPOINT_SERVICES)])],
         );
-        let nodeport_dst = if self.nodeports_all_local {
-            fib_local(false)
+        // NodePorts on every local address, except loopback (as kube-proxy).
+        let loopback: IpNet = match f {
+            IpFamily::V4 => IpNet::V4(
+                ipnet::Ipv4Net::new(std::net::Ipv4Addr::new(127, 0, 0, 0), 8).unwrap_or_default(),
+            ),
+            IpFamily::V6 => IpNet::V6(
+                ipnet::Ipv6Net::new(std::net::Ipv6Addr::LOCALHOST, 128).unwrap_or_default(),
+            ),
+        };
+        let nodeport_dst: Vec<Stmt> = if self.nodeports_all_local {
+            vec![
+                fib_local(false),
+                Stmt::Match {
+                    left: Expr::Daddr(f),
+                    op: MatchOp::Ne,
+                    right: MatchRight::Value(Value::Prefix(loopback)),
+                },
+            ]
         } else {
-            in_set(Expr::Daddr(f), NODEPORT_IPS)
+            vec![in_set(Expr::Daddr(f), NODEPORT_IPS)]
         };
         chain(
             "nodeport-endpoints-check",
             None,
-            vec![Rule::new(vec![
-                nodeport_dst.clone(),
-                vmap(np_key.clone(), NO_ENDPOINT_NODEPORTS),
-            ])],
+            vec![Rule::new(
+                nodeport_dst
+                    .iter()
+                    .cloned()
+                    .chain([vmap(np_key.clone(), NO_ENDPOINT_NODEPORTS)])
+                    .collect(),
+            )],
         );
         chain(
             "cluster-ips-check",
@@ -938,7 +982,12 @@ impl<'a> FamilyBuilder<'a> {
             None,
             vec![
                 Rule::new(vec![vmap(vip_key.clone(), SERVICE_IPS)]),
-                Rule::new(vec![nodeport_dst, vmap(np_key.clone(), SERVICE_NODEPORTS)]),
+                Rule::new(
+                    nodeport_dst
+                        .into_iter()
+                        .chain([vmap(np_key.clone(), SERVICE_NODEPORTS)])
+                        .collect(),
+                ),
             ],
         );
 
@@ -1303,6 +1352,7 @@ impl<'a> FamilyBuilder<'a> {
     /// A builder with this node's pod CIDRs and NodePort addresses in place.
     fn for_node(f: IpFamily, config: &'a ProxyConfig, ctx: &NodeContext) -> Self {
         let mut b = Self::new(f, config);
+        b.node_ips = ctx.node_ips.clone();
         let pod_cidrs = match config.detect_local {
             DetectLocal::ClusterCidr => config.cluster_cidrs.clone(),
             DetectLocal::NodeCidr => ctx.pod_cidrs.clone(),
@@ -1326,7 +1376,11 @@ impl<'a> FamilyBuilder<'a> {
             .copied()
             .filter(|c| IpFamily::of(&c.addr()) == f)
             .collect();
-        if npa.iter().any(|c| c.prefix_len() == 0) {
+        if npa.iter().any(|c| c.prefix_len() == 0)
+            || (npa.is_empty() && !config.node_port_addresses.is_empty())
+        {
+            // A zero CIDR, or no CIDR of this family at all (kube-proxy's NodePortAddresses then
+            // uses the zero CIDR): every local address.
             b.nodeports_all_local = true;
         } else if config.node_port_addresses.is_empty() {
             // kube-proxy's "primary": the node's first IP of this family.

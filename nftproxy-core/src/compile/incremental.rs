@@ -1,0 +1,744 @@
+//! Incremental compilation: the cost of a sync follows what changed, not the size of the cluster.
+//!
+//! [`IncrementalCompiler`] remembers each service's *contribution* to the ruleset — its map
+//! elements, the load-balancing chains and endpoint slots it needs — with reference counts for what
+//! several services share (an endpoint's hairpin pair, a load-balancing chain). An update
+//! recompiles only the services it is told changed (or, without that hint, compares every
+//! service's new contribution with the remembered one), and turns the difference straight into a
+//! [`Transaction`]: element adds and deletes, plus chain and set changes when the set of
+//! load-balancing chains or slots changed. No full-ruleset diff is made.
+//!
+//! The result is always the ruleset [`compile`](super::compile) would produce for the same
+//! snapshot. When the node itself changes (its IPs, zone or pod CIDRs), when a family appears or
+//! disappears, or when two services claim the same key with different data, the update falls back
+//! to a full compile and a full plan.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::{
+    check_config, is_ours, CompileError, FamilyBuilder, KeySpace, LbSpec, NodeContext, Warning,
+};
+use crate::config::ProxyConfig;
+use crate::plan::{self, Op, TableRef, Transaction};
+use crate::ruleset::{ElemData, Ruleset, Table, Value};
+use crate::snapshot::{EndpointSlice, IpFamily, ObjectName, Service, Snapshot};
+
+/// One element of one set of one family's table.
+type ElemId = (IpFamily, String, Vec<Value>);
+
+/// What one service adds to one family's table.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct FamilyPart {
+    elems: Vec<(String, Vec<Value>, Option<ElemData>)>,
+    specs: Vec<LbSpec>,
+    slots: Vec<(KeySpace, u32)>,
+    timeouts: Vec<(KeySpace, u32)>,
+}
+
+/// What one service adds to the ruleset, per family.
+type Contribution = BTreeMap<IpFamily, FamilyPart>;
+
+/// Reference-counted element: how many services put it there, with which data.
+#[derive(Debug, Clone)]
+struct ElemRef {
+    count: u32,
+    data: Option<ElemData>,
+}
+
+/// An element before and after an update (`None`: absent).
+type ElemChange = (Option<Option<ElemData>>, Option<Option<ElemData>>);
+
+/// A compiler that keeps its last result and updates it service by service.
+#[derive(Debug)]
+pub struct IncrementalCompiler {
+    config: ProxyConfig,
+    node: Option<NodeContext>,
+    families: BTreeSet<IpFamily>,
+    services: BTreeMap<ObjectName, Contribution>,
+    elems: BTreeMap<ElemId, ElemRef>,
+    specs: BTreeMap<(IpFamily, LbSpec), u32>,
+    slots: BTreeMap<(IpFamily, KeySpace, u32), u32>,
+    timeouts: BTreeMap<(IpFamily, KeySpace, u32), u32>,
+    /// Chains and set definitions (with the node's own elements) for the current structure.
+    skeleton: Ruleset,
+    ruleset: Ruleset,
+    /// Two services claimed one key: updates compile everything until that is resolved.
+    conflicted: bool,
+    warnings: Vec<Warning>,
+}
+
+/// Why a contribution could not be merged: the caller falls back to a full compile.
+struct Conflict;
+
+impl IncrementalCompiler {
+    /// A compiler with an empty ruleset; the first [`update`](Self::update) compiles everything.
+    pub fn new(config: ProxyConfig) -> Result<Self, CompileError> {
+        check_config(&config)?;
+        Ok(Self {
+            config,
+            node: None,
+            families: BTreeSet::new(),
+            services: BTreeMap::new(),
+            elems: BTreeMap::new(),
+            specs: BTreeMap::new(),
+            slots: BTreeMap::new(),
+            timeouts: BTreeMap::new(),
+            skeleton: Ruleset::default(),
+            ruleset: Ruleset::default(),
+            conflicted: false,
+            warnings: Vec::new(),
+        })
+    }
+
+    /// The current ruleset: equal to `compile(snapshot, config)` for the last snapshot.
+    pub fn ruleset(&self) -> &Ruleset {
+        &self.ruleset
+    }
+
+    /// Warnings of the last full compile (incremental updates do not repeat them).
+    pub fn warnings(&self) -> &[Warning] {
+        &self.warnings
+    }
+
+    /// Brings the ruleset to `snapshot` and returns the transaction that moves a kernel holding
+    /// the previous ruleset to the new one. With `changed`, only those services (and their
+    /// EndpointSlices) are looked at; the caller promises nothing else changed. Without it, every
+    /// service is recompiled and compared.
+    pub fn update(
+        &mut self,
+        snapshot: &Snapshot,
+        changed: Option<&[ObjectName]>,
+    ) -> Result<Transaction, CompileError> {
+        let ctx = NodeContext::of(snapshot, &self.config);
+        let families = ctx.families(
+            &self.config,
+            snapshot
+                .services
+                .values()
+                .filter(|s| is_ours(s, &self.config)),
+        );
+        if self.conflicted || self.node.as_ref() != Some(&ctx) || self.families != families {
+            return Ok(self.rebuild(snapshot, ctx, families));
+        }
+        let names: BTreeSet<ObjectName> = match changed {
+            Some(list) => list.iter().cloned().collect(),
+            None => self
+                .services
+                .keys()
+                .chain(snapshot.services.keys())
+                .cloned()
+                .collect(),
+        };
+        let slices = slices_of(snapshot, &names);
+        let mut delta: BTreeMap<ElemId, ElemChange> = BTreeMap::new();
+        let mut structure_changed = false;
+        for name in &names {
+            let new = match snapshot.services.get(name) {
+                Some(svc) if is_ours(svc, &self.config) => Some(self.contribution(
+                    svc,
+                    slices.get(name).map(Vec::as_slice).unwrap_or(&[]),
+                    &ctx,
+                )),
+                _ => None,
+            };
+            if self.services.get(name) == new.as_ref() {
+                continue;
+            }
+            if let Some(old) = self.services.remove(name) {
+                structure_changed |= self.subtract(&old, &mut delta);
+            }
+            if let Some(new) = new {
+                match self.add(&new, &mut delta) {
+                    Ok(changed) => structure_changed |= changed,
+                    Err(Conflict) => return Ok(self.rebuild(snapshot, ctx, families)),
+                }
+                self.services.insert(name.clone(), new);
+            }
+        }
+        let mut tx = Transaction::new();
+        let mut deleted_sets = BTreeSet::new();
+        if structure_changed {
+            let skeleton = self.build_skeleton(&ctx);
+            let skel_tx = plan::plan(&self.skeleton, &skeleton);
+            for op in &skel_tx.ops {
+                if let Op::DeleteSet { table, set } = op {
+                    let family = table_family(table);
+                    let kept = skeleton
+                        .tables
+                        .get(&family)
+                        .is_some_and(|t| t.sets.contains_key(&set.name));
+                    if kept {
+                        // A redefined set loses its elements: not worth a special case.
+                        return Ok(self.rebuild(snapshot, ctx, families));
+                    }
+                    deleted_sets.insert((family, set.name.clone()));
+                }
+            }
+            tx.ops = skel_tx.ops;
+            self.install_skeleton(skeleton);
+        }
+        tx.ops.extend(self.element_ops(&delta, &deleted_sets));
+        tx.ops.sort_by_key(phase);
+        Ok(tx)
+    }
+
+    /// Compiles one service's contribution to every family.
+    fn contribution(
+        &self,
+        svc: &Service,
+        slices: &[&EndpointSlice],
+        ctx: &NodeContext,
+    ) -> Contribution {
+        let mut out = Contribution::new();
+        for f in &self.families {
+            let mut b = FamilyBuilder::new(*f, &self.config);
+            b.node_ips = ctx.node_ips.clone();
+            b.add_service(svc, slices, &self.config.node_name, ctx.zone.as_deref());
+            let mut part = FamilyPart::default();
+            for (name, set) in &b.sets {
+                for (key, data) in &set.elements {
+                    part.elems.push((name.clone(), key.clone(), data.clone()));
+                }
+            }
+            part.specs = b.lb_specs.iter().copied().collect();
+            part.slots = b.slots.iter().map(|(s, n)| (*s, *n)).collect();
+            part.timeouts = b
+                .affinity_timeouts
+                .iter()
+                .flat_map(|(s, ts)| ts.iter().map(|t| (*s, *t)))
+                .collect();
+            if part != FamilyPart::default() {
+                out.insert(*f, part);
+            }
+        }
+        out
+    }
+
+    /// Adds a contribution's references; returns whether the structure (chains, slot maps,
+    /// affinity sets) changed.
+    fn add(
+        &mut self,
+        c: &Contribution,
+        delta: &mut BTreeMap<ElemId, ElemChange>,
+    ) -> Result<bool, Conflict> {
+        // Check for conflicts first, so a failed add leaves nothing half-done.
+        for (f, part) in c {
+            for (set, key, data) in &part.elems {
+                if let Some(r) = self.elems.get(&(*f, set.clone(), key.clone())) {
+                    if r.data != *data {
+                        return Err(Conflict);
+                    }
+                }
+            }
+        }
+        let mut structure = false;
+        for (f, part) in c {
+            for (set, key, data) in &part.elems {
+                let id = (*f, set.clone(), key.clone());
+                let r = self.elems.entry(id.clone()).or_insert(ElemRef {
+                    count: 0,
+                    data: data.clone(),
+                });
+                r.count += 1;
+                if r.count == 1 {
+                    let change = delta.entry(id).or_insert((None, None));
+                    change.1 = Some(data.clone());
+                }
+            }
+            structure |= bump(&mut self.specs, part.specs.iter().map(|s| (*f, *s)), true);
+            structure |= bump(
+                &mut self.slots,
+                part.slots.iter().map(|(s, n)| (*f, *s, *n)),
+                true,
+            );
+            structure |= bump(
+                &mut self.timeouts,
+                part.timeouts.iter().map(|(s, t)| (*f, *s, *t)),
+                true,
+            );
+        }
+        Ok(structure)
+    }
+
+    /// Removes a contribution's references; returns whether the structure changed.
+    fn subtract(&mut self, c: &Contribution, delta: &mut BTreeMap<ElemId, ElemChange>) -> bool {
+        let mut structure = false;
+        for (f, part) in c {
+            for (set, key, data) in &part.elems {
+                let id = (*f, set.clone(), key.clone());
+                let Some(r) = self.elems.get_mut(&id) else {
+                    continue;
+                };
+                r.count -= 1;
+                if r.count == 0 {
+                    self.elems.remove(&id);
+                    let change = delta.entry(id).or_insert((None, None));
+                    if change.0.is_none() && change.1.is_none() {
+                        change.0 = Some(data.clone());
+                    } else {
+                        // Added earlier in this update, removed again.
+                        change.1 = None;
+                    }
+                }
+            }
+            structure |= bump(&mut self.specs, part.specs.iter().map(|s| (*f, *s)), false);
+            structure |= bump(
+                &mut self.slots,
+                part.slots.iter().map(|(s, n)| (*f, *s, *n)),
+                false,
+            );
+            structure |= bump(
+                &mut self.timeouts,
+                part.timeouts.iter().map(|(s, t)| (*f, *s, *t)),
+                false,
+            );
+        }
+        structure
+    }
+
+    /// Chains and set definitions for the current structure, with the node's own elements.
+    fn build_skeleton(&self, ctx: &NodeContext) -> Ruleset {
+        let mut rs = Ruleset::default();
+        for f in &self.families {
+            let mut b = FamilyBuilder::for_node(*f, &self.config, ctx);
+            b.lb_specs = self
+                .specs
+                .keys()
+                .filter(|(ff, _)| ff == f)
+                .map(|(_, s)| *s)
+                .collect();
+            for (ff, space, n) in self.slots.keys() {
+                if ff == f {
+                    let e = b.slots.entry(*space).or_insert(0);
+                    *e = (*e).max(*n);
+                }
+            }
+            for (ff, space, t) in self.timeouts.keys() {
+                if ff == f {
+                    b.affinity_timeouts.entry(*space).or_default().insert(*t);
+                }
+            }
+            let (table, _) = b.finish();
+            rs.tables.insert(*f, table);
+        }
+        rs
+    }
+
+    /// Replaces chains and set definitions with a new skeleton, keeping the elements of sets that
+    /// stay.
+    fn install_skeleton(&mut self, skeleton: Ruleset) {
+        for (f, skel) in &skeleton.tables {
+            let table = self
+                .ruleset
+                .tables
+                .entry(*f)
+                .or_insert_with(|| Table::new(*f, skel.name.clone()));
+            table.chains = skel.chains.clone();
+            table.sets.retain(|name, _| skel.sets.contains_key(name));
+            for (name, set) in &skel.sets {
+                table
+                    .sets
+                    .entry(name.clone())
+                    .or_insert_with(|| set.clone());
+            }
+        }
+        self.ruleset
+            .tables
+            .retain(|f, _| skeleton.tables.contains_key(f));
+        self.skeleton = skeleton;
+    }
+
+    /// Applies element changes to the ruleset and returns them as grouped ops.
+    fn element_ops(
+        &mut self,
+        delta: &BTreeMap<ElemId, ElemChange>,
+        deleted_sets: &BTreeSet<(IpFamily, String)>,
+    ) -> Vec<Op> {
+        let mut deletes: BTreeMap<(IpFamily, String), Vec<Vec<Value>>> = BTreeMap::new();
+        let mut adds: BTreeMap<(IpFamily, String), Vec<(Vec<Value>, Option<ElemData>)>> =
+            BTreeMap::new();
+        for ((f, set, key), (before, after)) in delta {
+            if before == after {
+                continue;
+            }
+            let gone = deleted_sets.contains(&(*f, set.clone()));
+            if before.is_some() && !gone {
+                deletes
+                    .entry((*f, set.clone()))
+                    .or_default()
+                    .push(key.clone());
+            }
+            if let Some(data) = after {
+                adds.entry((*f, set.clone()))
+                    .or_default()
+                    .push((key.clone(), data.clone()));
+            }
+            if let Some(s) = self
+                .ruleset
+                .tables
+                .get_mut(f)
+                .and_then(|t| t.sets.get_mut(set))
+            {
+                match after {
+                    Some(data) => s.elements.insert(key.clone(), data.clone()),
+                    None => s.elements.remove(key),
+                };
+            }
+        }
+        let table_ref = |f: IpFamily| TableRef {
+            family: f,
+            name: self.config.table_name.clone(),
+        };
+        let mut ops = Vec::new();
+        for ((f, set), keys) in deletes {
+            ops.push(Op::DeleteElements {
+                table: table_ref(f),
+                set,
+                keys,
+            });
+        }
+        for ((f, set), elems) in adds {
+            ops.push(Op::AddElements {
+                table: table_ref(f),
+                set,
+                elems,
+            });
+        }
+        ops
+    }
+
+    /// Compiles everything from scratch and plans from the previous ruleset.
+    fn rebuild(
+        &mut self,
+        snapshot: &Snapshot,
+        ctx: NodeContext,
+        families: BTreeSet<IpFamily>,
+    ) -> Transaction {
+        let old = std::mem::take(&mut self.ruleset);
+        self.services.clear();
+        self.elems.clear();
+        self.specs.clear();
+        self.slots.clear();
+        self.timeouts.clear();
+        self.families = families;
+        self.conflicted = false;
+        let compiled = super::compile(snapshot, &self.config);
+        let (full, warnings) = match compiled {
+            Ok(c) => (c.ruleset, c.warnings),
+            // The config was checked in `new`; compile cannot fail on anything else.
+            Err(_) => (Ruleset::default(), Vec::new()),
+        };
+        self.warnings = warnings;
+        let all: BTreeSet<ObjectName> = snapshot.services.keys().cloned().collect();
+        let slices = slices_of(snapshot, &all);
+        let mut scratch = BTreeMap::new();
+        let config = self.config.clone();
+        for svc in snapshot.services.values().filter(|s| is_ours(s, &config)) {
+            let c = self.contribution(
+                svc,
+                slices.get(&svc.name).map(Vec::as_slice).unwrap_or(&[]),
+                &ctx,
+            );
+            if self.add(&c, &mut scratch).is_err() {
+                self.conflicted = true;
+            }
+            self.services.insert(svc.name.clone(), c);
+        }
+        self.skeleton = self.build_skeleton(&ctx);
+        self.node = Some(ctx);
+        let tx = plan::plan(&old, &full);
+        self.ruleset = full;
+        tx
+    }
+}
+
+/// Adjusts reference counts; returns whether any key appeared or disappeared.
+fn bump<K: Ord>(counts: &mut BTreeMap<K, u32>, keys: impl Iterator<Item = K>, up: bool) -> bool {
+    let mut changed = false;
+    for k in keys {
+        if up {
+            let c = counts.entry(k).or_insert(0);
+            *c += 1;
+            changed |= *c == 1;
+        } else if let Some(c) = counts.get_mut(&k) {
+            *c -= 1;
+            if *c == 0 {
+                counts.remove(&k);
+                changed = true;
+            }
+        }
+    }
+    changed
+}
+
+fn table_family(t: &TableRef) -> IpFamily {
+    t.family
+}
+
+/// The slices of the named services, in slice name order.
+fn slices_of<'s>(
+    snapshot: &'s Snapshot,
+    names: &BTreeSet<ObjectName>,
+) -> BTreeMap<ObjectName, Vec<&'s EndpointSlice>> {
+    let wanted: BTreeSet<(&str, &str)> = names
+        .iter()
+        .map(|n| (n.namespace.as_str(), n.name.as_str()))
+        .collect();
+    let mut out: BTreeMap<ObjectName, Vec<&EndpointSlice>> = BTreeMap::new();
+    for slice in snapshot.slices.values() {
+        let Some(svc) = slice.service_name.as_deref() else {
+            continue;
+        };
+        if wanted.contains(&(slice.name.namespace.as_str(), svc)) {
+            out.entry(ObjectName::new(slice.name.namespace.clone(), svc))
+                .or_default()
+                .push(slice);
+        }
+    }
+    out
+}
+
+/// The order nft needs within one batch (see [`plan::plan`]).
+fn phase(op: &Op) -> u8 {
+    match op {
+        Op::FlushChain { .. } => 0,
+        Op::DeleteElements { .. } => 1,
+        Op::DeleteSet { .. } => 2,
+        Op::DeleteChain { .. } => 3,
+        Op::DeleteTable(_) => 4,
+        Op::AddTable(_) | Op::AddChain { .. } | Op::AddSet { .. } => 5,
+        Op::AddElements { .. } => 6,
+        Op::AddRule { .. } => 7,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compile::compile;
+    use crate::fake::Fake;
+    use crate::snapshot::{
+        AddressType, Endpoint, Protocol, ServicePort, ServiceType, SlicePort, TrafficPolicy,
+    };
+    use proptest::prelude::*;
+    use std::net::IpAddr;
+
+    /// A tiny deterministic generator, so one proptest seed drives a whole sequence of changes.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    fn config() -> ProxyConfig {
+        ProxyConfig {
+            node_name: "node-a".into(),
+            node_ips: vec!["192.168.0.2".parse().unwrap()],
+            cluster_cidrs: vec!["10.0.0.0/8".parse().unwrap()],
+            ..ProxyConfig::default()
+        }
+    }
+
+    fn service(i: u64, rng: &mut Rng) -> Service {
+        let types = [
+            ServiceType::ClusterIp,
+            ServiceType::NodePort,
+            ServiceType::LoadBalancer,
+        ];
+        let service_type = types[rng.next(3) as usize];
+        let mut ports = vec![ServicePort {
+            name: "a".into(),
+            protocol: Protocol::Tcp,
+            port: 80,
+            node_port: Some(30000 + i as u16 * 2),
+        }];
+        if rng.next(3) == 0 {
+            ports.push(ServicePort {
+                name: "b".into(),
+                protocol: Protocol::Udp,
+                port: 53,
+                node_port: Some(30001 + i as u16 * 2),
+            });
+        }
+        let local = |r: &mut Rng| {
+            if r.next(3) == 0 {
+                TrafficPolicy::Local
+            } else {
+                TrafficPolicy::Cluster
+            }
+        };
+        Service {
+            name: ObjectName::new("ns", format!("s{i}")),
+            service_type,
+            cluster_ips: vec![format!("172.30.0.{}", i + 1).parse().unwrap()],
+            ports,
+            external_ips: if rng.next(4) == 0 {
+                vec![format!("203.0.113.{}", i + 1).parse().unwrap()]
+            } else {
+                vec![]
+            },
+            load_balancer_ips: vec![format!("1.2.3.{}", i + 1).parse().unwrap()],
+            load_balancer_source_ranges: if rng.next(4) == 0 {
+                vec!["203.0.113.0/25".parse().unwrap()]
+            } else {
+                vec![]
+            },
+            external_traffic_policy: local(rng),
+            internal_traffic_policy: local(rng),
+            session_affinity_timeout: match rng.next(4) {
+                0 => Some(10800),
+                1 => Some(60),
+                _ => None,
+            },
+            service_proxy_name: None,
+            traffic_distribution: None,
+        }
+    }
+
+    fn slice(i: u64, rng: &mut Rng) -> EndpointSlice {
+        let n = rng.next(5);
+        let endpoints = (0..n)
+            .map(|_| {
+                let ready = rng.next(4) != 0;
+                Endpoint {
+                    address: format!("10.0.{}.{}", rng.next(3), rng.next(20) + 1)
+                        .parse::<IpAddr>()
+                        .unwrap(),
+                    ready,
+                    serving: ready || rng.next(2) == 0,
+                    terminating: !ready && rng.next(2) == 0,
+                    node_name: Some(if rng.next(2) == 0 { "node-a" } else { "node-b" }.into()),
+                    zone: None,
+                    hint_zones: vec![],
+                    hint_nodes: vec![],
+                }
+            })
+            .collect();
+        EndpointSlice {
+            name: ObjectName::new("ns", format!("s{i}-x")),
+            service_name: Some(format!("s{i}")),
+            address_type: AddressType::Ipv4,
+            headless_label: false,
+            ports: vec![
+                SlicePort {
+                    name: "a".into(),
+                    protocol: Protocol::Tcp,
+                    port: 8080,
+                },
+                SlicePort {
+                    name: "b".into(),
+                    protocol: Protocol::Udp,
+                    port: 5353,
+                },
+            ],
+            endpoints,
+        }
+    }
+
+    fn check_sequence(seed: u64, steps: usize) {
+        let mut rng = Rng(seed | 1);
+        let cfg = config();
+        let mut snap = Snapshot::default();
+        for i in 0..6 {
+            let s = service(i, &mut rng);
+            snap.services.insert(s.name.clone(), s);
+            let sl = slice(i, &mut rng);
+            snap.slices.insert(sl.name.clone(), sl);
+        }
+        let mut inc = IncrementalCompiler::new(cfg.clone()).unwrap();
+        let mut fake = Fake::new();
+        let tx = inc.update(&snap, None).unwrap();
+        fake.apply(&tx).unwrap();
+        assert_eq!(inc.ruleset(), &compile(&snap, &cfg).unwrap().ruleset);
+        for step in 0..steps {
+            let i = rng.next(8);
+            let name = ObjectName::new("ns", format!("s{i}"));
+            match rng.next(4) {
+                0 => {
+                    snap.services.remove(&name);
+                }
+                1 => {
+                    let s = service(i, &mut rng);
+                    snap.services.insert(name.clone(), s);
+                }
+                _ => {
+                    let sl = slice(i, &mut rng);
+                    snap.slices.insert(sl.name.clone(), sl);
+                }
+            }
+            let hint = [name];
+            let tx = inc
+                .update(&snap, if step % 3 == 0 { None } else { Some(&hint) })
+                .unwrap();
+            let want = compile(&snap, &cfg).unwrap().ruleset;
+            assert_eq!(inc.ruleset(), &want, "seed {seed} step {step}");
+            fake.apply(&tx)
+                .unwrap_or_else(|e| panic!("seed {seed} step {step}: {e}\n{tx}"));
+            assert_eq!(
+                fake.dump(),
+                &want,
+                "seed {seed} step {step}: transaction\n{tx}"
+            );
+            assert!(inc.update(&snap, None).unwrap().is_empty());
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 64,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(0x6e66_7470),
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+        #[test]
+        fn incremental_updates_equal_full_compile(seed in any::<u64>()) {
+            check_sequence(seed, 25);
+        }
+    }
+
+    #[test]
+    fn one_endpoint_change_touches_only_elements() {
+        let cfg = config();
+        let mut rng = Rng(7);
+        let mut snap = Snapshot::default();
+        for i in 0..200 {
+            let mut s = service(i, &mut rng);
+            s.service_type = ServiceType::ClusterIp;
+            s.session_affinity_timeout = None;
+            s.internal_traffic_policy = TrafficPolicy::Cluster;
+            s.ports.truncate(1);
+            s.cluster_ips = vec![format!("172.30.{}.{}", i / 200, i % 200 + 1)
+                .parse()
+                .unwrap()];
+            snap.services.insert(s.name.clone(), s);
+            let mut sl = slice(i, &mut rng);
+            sl.endpoints.truncate(2);
+            for (j, e) in sl.endpoints.iter_mut().enumerate() {
+                e.ready = true;
+                e.address = format!("10.{}.{}.{}", i / 200, i % 200, j + 1)
+                    .parse()
+                    .unwrap();
+            }
+            snap.slices.insert(sl.name.clone(), sl);
+        }
+        let mut inc = IncrementalCompiler::new(cfg).unwrap();
+        inc.update(&snap, None).unwrap();
+        let sl = snap.slices.values_mut().next().unwrap();
+        let mut e = sl.endpoints[0].clone();
+        e.address = "10.99.99.99".parse().unwrap();
+        sl.endpoints.push(e);
+        let name = ObjectName::new("ns", sl.service_name.clone().unwrap());
+        let tx = inc.update(&snap, Some(&[name])).unwrap();
+        assert!(
+            tx.ops
+                .iter()
+                .all(|op| matches!(op, Op::AddElements { .. } | Op::DeleteElements { .. })),
+            "{tx}"
+        );
+        assert!(tx.len() <= 8, "{tx}");
+    }
+}
