@@ -7,7 +7,9 @@ use nftproxy_core::{compile, render, ProxyConfig, Ruleset, Snapshot};
 
 /// The repository's `fixtures/` directory.
 pub fn fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("fixtures")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("fixtures")
 }
 
 /// Every fixture case name, sorted.
@@ -26,10 +28,15 @@ pub fn cases() -> Vec<String> {
 pub fn load(case: &str) -> (Snapshot, ProxyConfig) {
     let dir = fixtures_dir().join(case);
     let text = std::fs::read_to_string(dir.join("snapshot.yaml")).expect("snapshot.yaml");
-    let snapshot = parse_snapshot(&text).unwrap_or_else(|e| panic!("{case}: {e}")).snapshot;
+    let snapshot = parse_snapshot(&text)
+        .unwrap_or_else(|e| panic!("{case}: {e}"))
+        .snapshot;
     let config = match std::fs::read_to_string(dir.join("config.yaml")) {
         Ok(text) => parse_config(&text).unwrap_or_else(|e| panic!("{case}: config: {e}")),
-        Err(_) => ProxyConfig { node_name: "node-a".into(), ..ProxyConfig::default() },
+        Err(_) => ProxyConfig {
+            node_name: "node-a".into(),
+            ..ProxyConfig::default()
+        },
     };
     (snapshot, config)
 }
@@ -37,7 +44,9 @@ pub fn load(case: &str) -> (Snapshot, ProxyConfig) {
 /// Compiles a case.
 pub fn compile_case(case: &str) -> Ruleset {
     let (snapshot, config) = load(case);
-    compile(&snapshot, &config).unwrap_or_else(|e| panic!("{case}: {e}")).ruleset
+    compile(&snapshot, &config)
+        .unwrap_or_else(|e| panic!("{case}: {e}"))
+        .ruleset
 }
 
 /// Compares (or, with `UPDATE_GOLDEN=1`, rewrites) a case's expected `ruleset.nft` and `ruleset.json`.

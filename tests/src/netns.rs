@@ -8,8 +8,16 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// True when the tests can create namespaces and run nft (root, nft and ip installed).
 pub fn can_run_root_tests() -> bool {
-    let root = Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
-    let nft = Command::new("nft").arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false);
+    let nft = Command::new("nft")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
     root && nft
 }
 
@@ -33,8 +41,15 @@ pub struct Netns {
 impl Netns {
     /// Creates a uniquely named namespace with loopback up.
     pub fn new(tag: &str) -> Self {
-        let name = format!("nftp-{tag}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
-        let ok = Command::new("ip").args(["netns", "add", &name]).status().expect("ip netns add");
+        let name = format!(
+            "nftp-{tag}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .expect("ip netns add");
         assert!(ok.success(), "ip netns add {name} failed");
         let ns = Self { name };
         ns.ok(&["ip", "link", "set", "lo", "up"]);
@@ -56,7 +71,12 @@ impl Netns {
             .stderr(std::process::Stdio::piped());
         let mut child = cmd.spawn().expect("spawn ip netns exec");
         if let Some(input) = stdin {
-            child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(input.as_bytes())
+                .expect("write stdin");
         }
         drop(child.stdin.take());
         child.wait_with_output().expect("wait")
@@ -77,11 +97,16 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "pids", &self.name]).output().map(|o| {
-            for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-                let _ = Command::new("kill").args(["-9", pid]).status();
-            }
-        });
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+            .map(|o| {
+                for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
+                }
+            });
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }

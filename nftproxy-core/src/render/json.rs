@@ -86,7 +86,10 @@ pub fn json_command(verb: Verb, object: Json) -> Json {
 /// Wraps commands in a document: `{"nftables": [...]}`.
 pub fn json_document(commands: impl IntoIterator<Item = Json>) -> Json {
     let mut document = serde_json::Map::new();
-    document.insert("nftables".to_owned(), Json::Array(commands.into_iter().collect()));
+    document.insert(
+        "nftables".to_owned(),
+        Json::Array(commands.into_iter().collect()),
+    );
     Json::Object(document)
 }
 
@@ -209,8 +212,11 @@ pub fn set_json(table: &Table, set: &Set) -> Json {
 pub fn set_with_elements_json(table: &Table, set: &Set) -> Json {
     let mut value = set_json(table, set);
     if !set.elements.is_empty() {
-        let elements =
-            set.elements.iter().map(|(key, data)| element_item_json(key, data.as_ref())).collect();
+        let elements = set
+            .elements
+            .iter()
+            .map(|(key, data)| element_item_json(key, data.as_ref()))
+            .collect();
         if let Some(object) = value.as_object_mut().and_then(|o| o.values_mut().next()) {
             if let Some(object) = object.as_object_mut() {
                 object.insert("elem".to_owned(), Json::Array(elements));
@@ -222,8 +228,11 @@ pub fn set_with_elements_json(table: &Table, set: &Set) -> Json {
 
 /// `{"rule": {...}}` appending a rule to a chain, for `add`/`insert`.
 pub fn rule_json(table: &Table, chain: &str, rule: &Rule) -> Json {
-    let expr: Vec<Statement<'static>> =
-        rule.stmts.iter().map(|s| stmt_object(table.family, s)).collect();
+    let expr: Vec<Statement<'static>> = rule
+        .stmts
+        .iter()
+        .map(|s| stmt_object(table.family, s))
+        .collect();
     object_json(&NfListObject::Rule(schema::Rule {
         family: nf_family(table.family),
         table: owned(&table.name),
@@ -253,7 +262,10 @@ pub fn elements_json<'a>(
         name: owned(set),
         elem: Cow::Owned(Vec::new()),
     }));
-    let items = elements.into_iter().map(|(key, data)| element_item_json(key, data)).collect();
+    let items = elements
+        .into_iter()
+        .map(|(key, data)| element_item_json(key, data))
+        .collect();
     if let Some(object) = value.get_mut("element").and_then(Json::as_object_mut) {
         object.insert("elem".to_owned(), Json::Array(items));
     }
@@ -274,7 +286,9 @@ pub fn element_item_json(key: &[Value], data: Option<&ElemData>) -> Json {
 fn key_expr(key: &[Value]) -> Expression<'static> {
     match key {
         [single] => value_expr(single),
-        parts => Expression::Named(NamedExpression::Concat(parts.iter().map(value_expr).collect())),
+        parts => Expression::Named(NamedExpression::Concat(
+            parts.iter().map(value_expr).collect(),
+        )),
     }
 }
 
@@ -326,7 +340,11 @@ fn stmt_object(family: IpFamily, stmt: &Stmt) -> Statement<'static> {
                 set: owned(&format!("@{set}")),
             })
         }
-        Stmt::DnatMap { key, addr_map, port_map } => {
+        Stmt::DnatMap {
+            key,
+            addr_map,
+            port_map,
+        } => {
             let lookup = |map: &str| {
                 Expression::Named(NamedExpression::Map(Box::new(nexpr::Map {
                     key: expr_object(key),
@@ -389,7 +407,10 @@ fn match_object(left: &Expr, op: MatchOp, right: &MatchRight) -> nstmt::Match<'s
             expr_object(left),
             eq_op(op),
             Expression::Named(NamedExpression::Set(
-                values.iter().map(|v| SetItem::Element(value_expr(v))).collect(),
+                values
+                    .iter()
+                    .map(|v| SetItem::Element(value_expr(v)))
+                    .collect(),
             )),
         ),
     };
@@ -408,8 +429,12 @@ fn verdict_stmt(verdict: &Verdict) -> Statement<'static> {
         Verdict::Accept => Statement::Accept(None),
         Verdict::Drop => Statement::Drop(None),
         Verdict::Return => Statement::Return(None),
-        Verdict::Jump(chain) => Statement::Jump(JumpTarget { target: owned(chain) }),
-        Verdict::Goto(chain) => Statement::Goto(JumpTarget { target: owned(chain) }),
+        Verdict::Jump(chain) => Statement::Jump(JumpTarget {
+            target: owned(chain),
+        }),
+        Verdict::Goto(chain) => Statement::Goto(JumpTarget {
+            target: owned(chain),
+        }),
     }
 }
 
@@ -428,16 +453,20 @@ fn expr_object(expr: &Expr) -> Expression<'static> {
         Expr::CtStatus => ct("status"),
         Expr::FibAddrType { saddr } => Expression::Named(NamedExpression::Fib(Fib {
             result: FibResult::Type,
-            flags: HashSet::from([if *saddr { FibFlag::Saddr } else { FibFlag::Daddr }]),
+            flags: HashSet::from([if *saddr {
+                FibFlag::Saddr
+            } else {
+                FibFlag::Daddr
+            }]),
         })),
         Expr::Numgen { modulus, offset } => Expression::Named(NamedExpression::Numgen(Numgen {
             mode: NgMode::Random,
             ng_mod: *modulus,
             offset: (*offset != 0).then_some(*offset),
         })),
-        Expr::Concat(parts) => {
-            Expression::Named(NamedExpression::Concat(parts.iter().map(expr_object).collect()))
-        }
+        Expr::Concat(parts) => Expression::Named(NamedExpression::Concat(
+            parts.iter().map(expr_object).collect(),
+        )),
     }
 }
 
@@ -457,17 +486,19 @@ fn value_expr(value: &Value) -> Expression<'static> {
         Value::CtStateNew => Expression::String(Cow::Borrowed("new")),
         Value::CtStatusDnat => Expression::String(Cow::Borrowed("dnat")),
         Value::FibLocal => Expression::String(Cow::Borrowed("local")),
-        Value::Concat(parts) => {
-            Expression::Named(NamedExpression::Concat(parts.iter().map(value_expr).collect()))
-        }
+        Value::Concat(parts) => Expression::Named(NamedExpression::Concat(
+            parts.iter().map(value_expr).collect(),
+        )),
     }
 }
 
 fn payload(protocol: &'static str, field: &'static str) -> Expression<'static> {
-    Expression::Named(NamedExpression::Payload(Payload::PayloadField(PayloadField {
-        protocol: Cow::Borrowed(protocol),
-        field: Cow::Borrowed(field),
-    })))
+    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+        PayloadField {
+            protocol: Cow::Borrowed(protocol),
+            field: Cow::Borrowed(field),
+        },
+    )))
 }
 
 fn meta(key: MetaKey) -> Expression<'static> {
@@ -475,7 +506,11 @@ fn meta(key: MetaKey) -> Expression<'static> {
 }
 
 fn ct(key: &'static str) -> Expression<'static> {
-    Expression::Named(NamedExpression::CT(CT { key: Cow::Borrowed(key), family: None, dir: None }))
+    Expression::Named(NamedExpression::CT(CT {
+        key: Cow::Borrowed(key),
+        family: None,
+        dir: None,
+    }))
 }
 
 fn set_ref(name: &str) -> Expression<'static> {
@@ -567,19 +602,46 @@ mod tests {
 
     #[test]
     fn exprs() {
-        assert_eq!(to_value(&expr_object(&Expr::Saddr(IpFamily::V4))), ip_payload("ip", "saddr"));
-        assert_eq!(to_value(&expr_object(&Expr::Daddr(IpFamily::V4))), ip_payload("ip", "daddr"));
-        assert_eq!(to_value(&expr_object(&Expr::Saddr(IpFamily::V6))), ip_payload("ip6", "saddr"));
-        assert_eq!(to_value(&expr_object(&Expr::Daddr(IpFamily::V6))), ip_payload("ip6", "daddr"));
-        assert_eq!(to_value(&expr_object(&Expr::L4Proto)), json!({"meta": {"key": "l4proto"}}));
-        assert_eq!(to_value(&expr_object(&Expr::Dport)), ip_payload("th", "dport"));
-        assert_eq!(to_value(&expr_object(&Expr::Mark)), json!({"meta": {"key": "mark"}}));
+        assert_eq!(
+            to_value(&expr_object(&Expr::Saddr(IpFamily::V4))),
+            ip_payload("ip", "saddr")
+        );
+        assert_eq!(
+            to_value(&expr_object(&Expr::Daddr(IpFamily::V4))),
+            ip_payload("ip", "daddr")
+        );
+        assert_eq!(
+            to_value(&expr_object(&Expr::Saddr(IpFamily::V6))),
+            ip_payload("ip6", "saddr")
+        );
+        assert_eq!(
+            to_value(&expr_object(&Expr::Daddr(IpFamily::V6))),
+            ip_payload("ip6", "daddr")
+        );
+        assert_eq!(
+            to_value(&expr_object(&Expr::L4Proto)),
+            json!({"meta": {"key": "l4proto"}})
+        );
+        assert_eq!(
+            to_value(&expr_object(&Expr::Dport)),
+            ip_payload("th", "dport")
+        );
+        assert_eq!(
+            to_value(&expr_object(&Expr::Mark)),
+            json!({"meta": {"key": "mark"}})
+        );
         assert_eq!(
             to_value(&expr_object(&Expr::MarkAnd(0x4000))),
             json!({"&": [{"meta": {"key": "mark"}}, 16384]})
         );
-        assert_eq!(to_value(&expr_object(&Expr::CtState)), json!({"ct": {"key": "state"}}));
-        assert_eq!(to_value(&expr_object(&Expr::CtStatus)), json!({"ct": {"key": "status"}}));
+        assert_eq!(
+            to_value(&expr_object(&Expr::CtState)),
+            json!({"ct": {"key": "state"}})
+        );
+        assert_eq!(
+            to_value(&expr_object(&Expr::CtStatus)),
+            json!({"ct": {"key": "status"}})
+        );
         assert_eq!(
             to_value(&expr_object(&Expr::FibAddrType { saddr: true })),
             json!({"fib": {"result": "type", "flags": ["saddr"]}})
@@ -589,15 +651,24 @@ mod tests {
             json!({"fib": {"result": "type", "flags": ["daddr"]}})
         );
         assert_eq!(
-            to_value(&expr_object(&Expr::Numgen { modulus: 3, offset: 0 })),
+            to_value(&expr_object(&Expr::Numgen {
+                modulus: 3,
+                offset: 0
+            })),
             json!({"numgen": {"mode": "random", "mod": 3}})
         );
         assert_eq!(
-            to_value(&expr_object(&Expr::Numgen { modulus: 2, offset: 1 })),
+            to_value(&expr_object(&Expr::Numgen {
+                modulus: 2,
+                offset: 1
+            })),
             json!({"numgen": {"mode": "random", "mod": 2, "offset": 1}})
         );
         assert_eq!(
-            to_value(&expr_object(&Expr::Concat(vec![Expr::Daddr(IpFamily::V6), Expr::Dport]))),
+            to_value(&expr_object(&Expr::Concat(vec![
+                Expr::Daddr(IpFamily::V6),
+                Expr::Dport
+            ]))),
             json!({"concat": [ip_payload("ip6", "daddr"), ip_payload("th", "dport")]})
         );
     }
@@ -624,7 +695,10 @@ mod tests {
         assert_eq!(v(Value::CtStatusDnat), json!("dnat"));
         assert_eq!(v(Value::FibLocal), json!("local"));
         assert_eq!(
-            v(Value::Concat(vec![Value::Addr(ip("fd00::1")), Value::Proto(Protocol::Tcp)])),
+            v(Value::Concat(vec![
+                Value::Addr(ip("fd00::1")),
+                Value::Proto(Protocol::Tcp)
+            ])),
             json!({"concat": ["fd00::1", "tcp"]})
         );
     }
@@ -641,7 +715,11 @@ mod tests {
             json!({"match": {"op": "==", "left": saddr, "right": "1.2.3.4"}})
         );
         assert_eq!(
-            m(Expr::Saddr(IpFamily::V4), MatchOp::Ne, MatchRight::Set("cidrs".into())),
+            m(
+                Expr::Saddr(IpFamily::V4),
+                MatchOp::Ne,
+                MatchRight::Set("cidrs".into())
+            ),
             json!({"match": {"op": "!=", "left": saddr, "right": "@cidrs"}})
         );
         assert_eq!(
@@ -657,16 +735,28 @@ mod tests {
                 {"prefix": {"addr": "10.0.0.0", "len": 8}}, "1.2.3.4"]}}})
         );
         assert_eq!(
-            m(Expr::CtState, MatchOp::Eq, MatchRight::Value(Value::CtStateNew)),
+            m(
+                Expr::CtState,
+                MatchOp::Eq,
+                MatchRight::Value(Value::CtStateNew)
+            ),
             json!({"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": "new"}})
         );
         assert_eq!(
-            m(Expr::CtStatus, MatchOp::Ne, MatchRight::Value(Value::CtStatusDnat)),
+            m(
+                Expr::CtStatus,
+                MatchOp::Ne,
+                MatchRight::Value(Value::CtStatusDnat)
+            ),
             json!({"match": {"op": "!=", "left": {"&": [{"ct": {"key": "status"}}, "dnat"]},
                 "right": "dnat"}})
         );
         assert_eq!(
-            m(Expr::MarkAnd(0x4000), MatchOp::Eq, MatchRight::Value(Value::Int(0))),
+            m(
+                Expr::MarkAnd(0x4000),
+                MatchOp::Eq,
+                MatchRight::Value(Value::Int(0))
+            ),
             json!({"match": {"op": "==", "left": {"&": [{"meta": {"key": "mark"}}, 16384]},
                 "right": 0}})
         );
@@ -690,15 +780,27 @@ mod tests {
         assert_eq!(v4(Stmt::Verdict(Verdict::Accept)), json!({"accept": null}));
         assert_eq!(v4(Stmt::Verdict(Verdict::Drop)), json!({"drop": null}));
         assert_eq!(v4(Stmt::Verdict(Verdict::Return)), json!({"return": null}));
-        assert_eq!(v4(Stmt::Verdict(Verdict::Jump("a".into()))), json!({"jump": {"target": "a"}}));
-        assert_eq!(v4(Stmt::Verdict(Verdict::Goto("b".into()))), json!({"goto": {"target": "b"}}));
         assert_eq!(
-            v4(Stmt::Vmap { key: Expr::Dport, map: MapRef::Named("m".into()) }),
+            v4(Stmt::Verdict(Verdict::Jump("a".into()))),
+            json!({"jump": {"target": "a"}})
+        );
+        assert_eq!(
+            v4(Stmt::Verdict(Verdict::Goto("b".into()))),
+            json!({"goto": {"target": "b"}})
+        );
+        assert_eq!(
+            v4(Stmt::Vmap {
+                key: Expr::Dport,
+                map: MapRef::Named("m".into())
+            }),
             json!({"vmap": {"key": ip_payload("th", "dport"), "data": "@m"}})
         );
         assert_eq!(
             v4(Stmt::Vmap {
-                key: Expr::Numgen { modulus: 2, offset: 0 },
+                key: Expr::Numgen {
+                    modulus: 2,
+                    offset: 0
+                },
                 map: MapRef::Anon(vec![
                     (Value::Int(0), Verdict::Goto("ep-0".into())),
                     (Value::Int(1), Verdict::Drop),
@@ -717,18 +819,30 @@ mod tests {
             json!({"mangle": {"key": mark, "value": {"^": [mark, 16384]}}})
         );
         assert_eq!(
-            v4(Stmt::SetUpdate { set: "aff".into(), key: Expr::Dport, timeout: Some(10800) }),
+            v4(Stmt::SetUpdate {
+                set: "aff".into(),
+                key: Expr::Dport,
+                timeout: Some(10800)
+            }),
             json!({"set": {"op": "update", "set": "@aff",
                 "elem": {"elem": {"val": ip_payload("th", "dport"), "timeout": 10800}}}})
         );
         assert_eq!(
-            v4(Stmt::SetUpdate { set: "aff".into(), key: Expr::Dport, timeout: None }),
+            v4(Stmt::SetUpdate {
+                set: "aff".into(),
+                key: Expr::Dport,
+                timeout: None
+            }),
             json!({"set": {"op": "update", "set": "@aff", "elem": ip_payload("th", "dport")}})
         );
         assert_eq!(
             stmt(
                 IpFamily::V6,
-                Stmt::DnatMap { key: Expr::Dport, addr_map: "a".into(), port_map: "p".into() }
+                Stmt::DnatMap {
+                    key: Expr::Dport,
+                    addr_map: "a".into(),
+                    port_map: "p".into()
+                }
             ),
             json!({"dnat": {
                 "addr": {"map": {"key": ip_payload("th", "dport"), "data": "@a"}},
@@ -738,7 +852,12 @@ mod tests {
             v4(Stmt::Masquerade { fully_random: true }),
             json!({"masquerade": {"flags": ["fully-random"]}})
         );
-        assert_eq!(v4(Stmt::Masquerade { fully_random: false }), json!({"masquerade": null}));
+        assert_eq!(
+            v4(Stmt::Masquerade {
+                fully_random: false
+            }),
+            json!({"masquerade": null})
+        );
         assert_eq!(
             v4(Stmt::Reject),
             json!({"reject": {"type": "icmp", "expr": "port-unreachable"}})
@@ -753,7 +872,10 @@ mod tests {
     fn objects() {
         let t4 = Table::new(IpFamily::V4, "t");
         let t6 = Table::new(IpFamily::V6, "t");
-        assert_eq!(table_json(&t6), json!({"table": {"family": "ip6", "name": "t"}}));
+        assert_eq!(
+            table_json(&t6),
+            json!({"table": {"family": "ip6", "name": "t"}})
+        );
         assert_eq!(
             chain_ref_json(&t4, "c"),
             json!({"chain": {"family": "ip", "table": "t", "name": "c"}})
@@ -784,10 +906,19 @@ mod tests {
             vec![KeyType::Ipv6Addr, KeyType::InetProto, KeyType::InetService],
             Some(DataType::Verdict),
         );
-        vmap.flags = SetFlags { interval: true, dynamic: true, timeout: Some(60) };
+        vmap.flags = SetFlags {
+            interval: true,
+            dynamic: true,
+            timeout: Some(60),
+        };
         vmap.comment = Some("services".into());
-        let key = vec![Value::Addr(ip("fd00::1")), Value::Proto(Protocol::Tcp), Value::Port(80)];
-        vmap.elements.insert(key.clone(), Some(ElemData::Verdict(Verdict::Accept)));
+        let key = vec![
+            Value::Addr(ip("fd00::1")),
+            Value::Proto(Protocol::Tcp),
+            Value::Port(80),
+        ];
+        vmap.elements
+            .insert(key.clone(), Some(ElemData::Verdict(Verdict::Accept)));
         assert_eq!(
             set_with_elements_json(&t6, &vmap),
             json!({"map": {"family": "ip6", "table": "t", "name": "svc",
@@ -813,17 +944,32 @@ mod tests {
         );
 
         assert_eq!(
-            element_json(&t6, "svc", &key, Some(&ElemData::Verdict(Verdict::Goto("c".into())))),
+            element_json(
+                &t6,
+                "svc",
+                &key,
+                Some(&ElemData::Verdict(Verdict::Goto("c".into())))
+            ),
             json!({"element": {"family": "ip6", "table": "t", "name": "svc",
                 "elem": [[{"concat": ["fd00::1", "tcp", 80]}, {"goto": {"target": "c"}}]]}})
         );
         assert_eq!(
-            element_json(&t6, "a", &[Value::Port(80)], Some(&ElemData::Addr(ip("fd00::2")))),
+            element_json(
+                &t6,
+                "a",
+                &[Value::Port(80)],
+                Some(&ElemData::Addr(ip("fd00::2")))
+            ),
             json!({"element": {"family": "ip6", "table": "t", "name": "a",
                 "elem": [[80, "fd00::2"]]}})
         );
         assert_eq!(
-            element_json(&t4, "p", &[Value::Proto(Protocol::Udp)], Some(&ElemData::Port(53))),
+            element_json(
+                &t4,
+                "p",
+                &[Value::Proto(Protocol::Udp)],
+                Some(&ElemData::Port(53))
+            ),
             json!({"element": {"family": "ip", "table": "t", "name": "p",
                 "elem": [["udp", 53]]}})
         );
@@ -870,6 +1016,12 @@ mod tests {
         assert!(order.iter().all(|o| o.1 != 9));
         let t6 = sample_table(IpFamily::V6);
         let rules: usize = t6.chains.values().map(|c| c.rules.len()).sum();
-        assert_eq!(kinds.iter().filter(|(f, k)| f == "ip6" && k == "rule").count(), rules);
+        assert_eq!(
+            kinds
+                .iter()
+                .filter(|(f, k)| f == "ip6" && k == "rule")
+                .count(),
+            rules
+        );
     }
 }

@@ -109,7 +109,11 @@ pub(crate) mod tests {
     fn chain(name: &str, base: Option<(ChainType, Hook, i32)>, rules: Vec<Rule>) -> Chain {
         Chain {
             name: name.into(),
-            base: base.map(|(chain_type, hook, priority)| BaseChain { chain_type, hook, priority }),
+            base: base.map(|(chain_type, hook, priority)| BaseChain {
+                chain_type,
+                hook,
+                priority,
+            }),
             rules,
         }
     }
@@ -170,7 +174,10 @@ pub(crate) mod tests {
             |a: IpAddr, p: Protocol, port| vec![Value::Addr(a), Value::Proto(p), Value::Port(port)];
         let prefix = |s: &str| Value::Prefix(s.parse().unwrap());
         let no_flags = SetFlags::default();
-        let interval = SetFlags { interval: true, ..SetFlags::default() };
+        let interval = SetFlags {
+            interval: true,
+            ..SetFlags::default()
+        };
 
         let mut table = Table::new(family, "nftproxy");
         let mut cidrs = set(
@@ -216,14 +223,22 @@ pub(crate) mod tests {
                 "aff-0",
                 vec![addr, addr, KeyType::InetProto, KeyType::InetService],
                 None,
-                SetFlags { interval: false, dynamic: true, timeout: Some(10800) },
+                SetFlags {
+                    interval: false,
+                    dynamic: true,
+                    timeout: Some(10800),
+                },
                 vec![],
             ),
             set(
                 "seen",
                 vec![addr],
                 None,
-                SetFlags { interval: false, dynamic: true, timeout: None },
+                SetFlags {
+                    interval: false,
+                    dynamic: true,
+                    timeout: None,
+                },
                 vec![],
             ),
             set(
@@ -240,9 +255,18 @@ pub(crate) mod tests {
                         svc_val(a1, Protocol::Udp, 53),
                         Some(ElemData::Verdict(Verdict::Jump("mark-for-masq".into()))),
                     ),
-                    (svc_val(a2, Protocol::Sctp, 9), Some(ElemData::Verdict(Verdict::Accept))),
-                    (svc_val(a2, Protocol::Tcp, 22), Some(ElemData::Verdict(Verdict::Drop))),
-                    (svc_val(a3, Protocol::Tcp, 80), Some(ElemData::Verdict(Verdict::Return))),
+                    (
+                        svc_val(a2, Protocol::Sctp, 9),
+                        Some(ElemData::Verdict(Verdict::Accept)),
+                    ),
+                    (
+                        svc_val(a2, Protocol::Tcp, 22),
+                        Some(ElemData::Verdict(Verdict::Drop)),
+                    ),
+                    (
+                        svc_val(a3, Protocol::Tcp, 80),
+                        Some(ElemData::Verdict(Verdict::Return)),
+                    ),
                 ],
             ),
             set(
@@ -276,7 +300,11 @@ pub(crate) mod tests {
 
         let mark = 0x4000;
         let chains = vec![
-            chain("mark-for-masq", None, vec![rule(vec![Stmt::SetMark(MarkOp::Or(mark))])]),
+            chain(
+                "mark-for-masq",
+                None,
+                vec![rule(vec![Stmt::SetMark(MarkOp::Or(mark))])],
+            ),
             chain(
                 "masquerading",
                 None,
@@ -296,12 +324,18 @@ pub(crate) mod tests {
                     ])
                     .with_comment("hairpin"),
                     rule(vec![
-                        matches(Expr::MarkAnd(mark), MatchOp::Eq, MatchRight::Value(Value::Int(0))),
+                        matches(
+                            Expr::MarkAnd(mark),
+                            MatchOp::Eq,
+                            MatchRight::Value(Value::Int(0)),
+                        ),
                         Stmt::Verdict(Verdict::Return),
                     ]),
                     rule(vec![Stmt::SetMark(MarkOp::Xor(mark))]),
                     rule(vec![Stmt::Masquerade { fully_random: true }]),
-                    rule(vec![Stmt::Masquerade { fully_random: false }]),
+                    rule(vec![Stmt::Masquerade {
+                        fully_random: false,
+                    }]),
                 ],
             ),
             chain(
@@ -353,7 +387,11 @@ pub(crate) mod tests {
                             MatchOp::Ne,
                             MatchRight::Value(Value::CtStatusDnat),
                         ),
-                        matches(Expr::MarkAnd(mark), MatchOp::Ne, MatchRight::Value(Value::Int(0))),
+                        matches(
+                            Expr::MarkAnd(mark),
+                            MatchOp::Ne,
+                            MatchRight::Value(Value::Int(0)),
+                        ),
                         matches(Expr::Mark, MatchOp::Eq, MatchRight::Value(Value::Int(mark))),
                         Stmt::Verdict(Verdict::Accept),
                     ]),
@@ -386,7 +424,11 @@ pub(crate) mod tests {
                     ])
                     .with_comment("no endpoints"),
                     rule(vec![
-                        matches(Expr::CtState, MatchOp::Ne, MatchRight::Value(Value::CtStateNew)),
+                        matches(
+                            Expr::CtState,
+                            MatchOp::Ne,
+                            MatchRight::Value(Value::CtStateNew),
+                        ),
                         Stmt::Verdict(Verdict::Return),
                     ]),
                     rule(vec![Stmt::Vmap {
@@ -400,11 +442,22 @@ pub(crate) mod tests {
                 None,
                 vec![
                     rule(vec![
-                        matches(saddr(), MatchOp::Eq, MatchRight::Set("cluster-cidrs".into())),
-                        Stmt::Vmap { key: svc_key(), map: MapRef::Named("service-ips".into()) },
+                        matches(
+                            saddr(),
+                            MatchOp::Eq,
+                            MatchRight::Set("cluster-cidrs".into()),
+                        ),
+                        Stmt::Vmap {
+                            key: svc_key(),
+                            map: MapRef::Named("service-ips".into()),
+                        },
                     ]),
                     rule(vec![
-                        matches(saddr(), MatchOp::Ne, MatchRight::Set("cluster-cidrs".into())),
+                        matches(
+                            saddr(),
+                            MatchOp::Ne,
+                            MatchRight::Set("cluster-cidrs".into()),
+                        ),
                         jump("mark-for-masq"),
                     ]),
                     rule(vec![Stmt::Vmap {
@@ -426,14 +479,20 @@ pub(crate) mod tests {
                         Stmt::Verdict(Verdict::Goto("ep-0".into())),
                     ]),
                     rule(vec![Stmt::Vmap {
-                        key: Expr::Numgen { modulus: 2, offset: 0 },
+                        key: Expr::Numgen {
+                            modulus: 2,
+                            offset: 0,
+                        },
                         map: MapRef::Anon(vec![
                             (Value::Int(0), Verdict::Goto("ep-0".into())),
                             (Value::Int(1), Verdict::Jump("mark-for-masq".into())),
                         ]),
                     }]),
                     rule(vec![Stmt::Vmap {
-                        key: Expr::Numgen { modulus: 3, offset: 1 },
+                        key: Expr::Numgen {
+                            modulus: 3,
+                            offset: 1,
+                        },
                         map: MapRef::Anon(vec![
                             (Value::Int(1), Verdict::Accept),
                             (Value::Int(2), Verdict::Drop),
@@ -451,7 +510,11 @@ pub(crate) mod tests {
                         key: Expr::Concat(vec![saddr(), daddr(), Expr::L4Proto, Expr::Dport]),
                         timeout: Some(10800),
                     }]),
-                    rule(vec![Stmt::SetUpdate { set: "seen".into(), key: saddr(), timeout: None }]),
+                    rule(vec![Stmt::SetUpdate {
+                        set: "seen".into(),
+                        key: saddr(),
+                        timeout: None,
+                    }]),
                     rule(vec![Stmt::DnatMap {
                         key: svc_key(),
                         addr_map: "ep-0-addr".into(),
@@ -463,7 +526,11 @@ pub(crate) mod tests {
                 "filter-prerouting",
                 Some((ChainType::Filter, Hook::Prerouting, -110)),
                 vec![rule(vec![
-                    matches(Expr::CtState, MatchOp::Eq, MatchRight::Value(Value::CtStateNew)),
+                    matches(
+                        Expr::CtState,
+                        MatchOp::Eq,
+                        MatchRight::Value(Value::CtStateNew),
+                    ),
                     jump("firewall-check"),
                 ])],
             ),
@@ -471,7 +538,11 @@ pub(crate) mod tests {
                 "filter-input",
                 Some((ChainType::Filter, Hook::Input, -110)),
                 vec![rule(vec![
-                    matches(Expr::CtState, MatchOp::Eq, MatchRight::Value(Value::CtStateNew)),
+                    matches(
+                        Expr::CtState,
+                        MatchOp::Eq,
+                        MatchRight::Value(Value::CtStateNew),
+                    ),
                     jump("reject-check"),
                 ])],
             ),
@@ -483,13 +554,20 @@ pub(crate) mod tests {
             chain(
                 "filter-output",
                 Some((ChainType::Filter, Hook::Output, -110)),
-                vec![rule(vec![jump("reject-check")]), rule(vec![jump("firewall-check")])],
+                vec![
+                    rule(vec![jump("reject-check")]),
+                    rule(vec![jump("firewall-check")]),
+                ],
             ),
             chain(
                 "filter-postrouting",
                 Some((ChainType::Filter, Hook::Postrouting, 0)),
                 vec![rule(vec![
-                    matches(Expr::MarkAnd(mark), MatchOp::Ne, MatchRight::Value(Value::Int(0))),
+                    matches(
+                        Expr::MarkAnd(mark),
+                        MatchOp::Ne,
+                        MatchRight::Value(Value::Int(0)),
+                    ),
                     Stmt::Verdict(Verdict::Accept),
                 ])],
             ),
@@ -520,8 +598,12 @@ pub(crate) mod tests {
     pub(crate) fn sample_ruleset() -> Ruleset {
         let mut ruleset = Ruleset::default();
         // Inserted ip6 first: rendering must still put ip first.
-        ruleset.tables.insert(IpFamily::V6, sample_table(IpFamily::V6));
-        ruleset.tables.insert(IpFamily::V4, sample_table(IpFamily::V4));
+        ruleset
+            .tables
+            .insert(IpFamily::V6, sample_table(IpFamily::V6));
+        ruleset
+            .tables
+            .insert(IpFamily::V4, sample_table(IpFamily::V4));
         ruleset
     }
 
@@ -561,18 +643,34 @@ pub(crate) mod tests {
                 std::process::id(),
                 NEXT.fetch_add(1, Ordering::Relaxed)
             );
-            let out = Command::new("ip").args(["netns", "add", &name]).output().unwrap();
-            assert!(out.status.success(), "ip netns add {name}: {}", stderr(&out));
+            let out = Command::new("ip")
+                .args(["netns", "add", &name])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "ip netns add {name}: {}",
+                stderr(&out)
+            );
             Self(name)
         }
 
         fn nft(&self, args: &[&str]) -> Output {
-            Command::new("ip").args(["netns", "exec", &self.0, "nft"]).args(args).output().unwrap()
+            Command::new("ip")
+                .args(["netns", "exec", &self.0, "nft"])
+                .args(args)
+                .output()
+                .unwrap()
         }
 
         fn nft_ok(&self, args: &[&str]) -> String {
             let out = self.nft(args);
-            assert!(out.status.success(), "nft {args:?} in {}: {}", self.0, stderr(&out));
+            assert!(
+                out.status.success(),
+                "nft {args:?} in {}: {}",
+                self.0,
+                stderr(&out)
+            );
             String::from_utf8_lossy(&out.stdout).into_owned()
         }
     }
@@ -619,7 +717,11 @@ pub(crate) mod tests {
         for (n, (la, lb)) in a.lines().zip(b.lines()).enumerate() {
             assert_eq!(la, lb, "listings differ at line {}", n + 1);
         }
-        assert_eq!(a.lines().count(), b.lines().count(), "listings differ in length");
+        assert_eq!(
+            a.lines().count(),
+            b.lines().count(),
+            "listings differ in length"
+        );
     }
 
     fn stderr(out: &Output) -> String {
@@ -661,7 +763,10 @@ pub(crate) mod tests {
         from_text.nft_ok(&["-f", text.path()]);
         let text_listing = from_text.nft_ok(&["list", "ruleset"]);
         assert!(text_listing.contains("table ip nftproxy"), "{text_listing}");
-        assert!(text_listing.contains("table ip6 nftproxy"), "{text_listing}");
+        assert!(
+            text_listing.contains("table ip6 nftproxy"),
+            "{text_listing}"
+        );
 
         let from_json = Netns::new();
         from_json.nft_ok(&["-j", "-f", json.path()]);
@@ -676,13 +781,20 @@ pub(crate) mod tests {
         let chain = &table.chains["services"];
         let vmap = &table.sets["service-ips"];
         let (key, data) = vmap.elements.iter().next().unwrap();
-        let extra_chain = Chain { name: "extra".into(), base: None, rules: vec![] };
+        let extra_chain = Chain {
+            name: "extra".into(),
+            base: None,
+            rules: vec![],
+        };
         let extra_set = Set::new("extra", vec![KeyType::Ipv6Addr], Some(DataType::Verdict));
         let script = [
             text_command(Verb::Flush, &chain_ref_text(table, "services")),
             text_command(Verb::Add, &rule_text(table, "services", &chain.rules[0])),
             text_command(Verb::Delete, &element_text(table, &vmap.name, key, None)),
-            text_command(Verb::Add, &element_text(table, &vmap.name, key, data.as_ref())),
+            text_command(
+                Verb::Add,
+                &element_text(table, &vmap.name, key, data.as_ref()),
+            ),
             text_command(Verb::Add, &chain_text(table, &extra_chain)),
             text_command(Verb::Delete, &chain_ref_text(table, "extra")),
             text_command(Verb::Flush, &set_ref_text(table, &table.sets["seen"])),
@@ -697,7 +809,10 @@ pub(crate) mod tests {
             json_command(Verb::Flush, chain_ref_json(table, "services")),
             json_command(Verb::Add, rule_json(table, "services", &chain.rules[0])),
             json_command(Verb::Delete, element_json(table, &vmap.name, key, None)),
-            json_command(Verb::Add, element_json(table, &vmap.name, key, data.as_ref())),
+            json_command(
+                Verb::Add,
+                element_json(table, &vmap.name, key, data.as_ref()),
+            ),
             json_command(Verb::Add, chain_json(table, &extra_chain)),
             json_command(Verb::Delete, chain_ref_json(table, "extra")),
             json_command(Verb::Flush, set_json(table, &table.sets["seen"])),

@@ -57,10 +57,18 @@ fn write_set_block(out: &mut String, family: IpFamily, set: &Set) {
     }
     let mut elements = set.elements.iter();
     if let Some((key, data)) = elements.next() {
-        let _ = write!(out, "\t\telements = {{ {}", element_item_text(key, data.as_ref()));
+        let _ = write!(
+            out,
+            "\t\telements = {{ {}",
+            element_item_text(key, data.as_ref())
+        );
         for (key, data) in elements {
             // nft's own listing aligns continuation lines under the first element.
-            let _ = write!(out, ",\n\t\t\t     {}", element_item_text(key, data.as_ref()));
+            let _ = write!(
+                out,
+                ",\n\t\t\t     {}",
+                element_item_text(key, data.as_ref())
+            );
         }
         out.push_str(" }\n");
     }
@@ -91,7 +99,12 @@ pub fn set_keyword(set: &Set) -> &'static str {
 /// `comment ...`), without elements and without trailing `;`.
 fn set_properties(family: IpFamily, set: &Set) -> Vec<String> {
     let mut props = Vec::new();
-    let key = set.key.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(" . ");
+    let key = set
+        .key
+        .iter()
+        .map(|k| k.as_str())
+        .collect::<Vec<_>>()
+        .join(" . ");
     match set.data {
         None => props.push(format!("type {key}")),
         Some(data) => props.push(format!("type {key} : {}", data_type_text(family, data))),
@@ -165,7 +178,13 @@ pub fn chain_text(table: &Table, chain: &Chain) -> String {
 /// `set FAMILY TABLE NAME` or `map FAMILY TABLE NAME`, for `delete set` / `delete map` /
 /// `flush set` / `flush map`.
 pub fn set_ref_text(table: &Table, set: &Set) -> String {
-    format!("{} {} {} {}", set_keyword(set), family_text(table.family), table.name, set.name)
+    format!(
+        "{} {} {} {}",
+        set_keyword(set),
+        family_text(table.family),
+        table.name,
+        set.name
+    )
 }
 
 /// The set or map declaration for `add set` / `add map`, without elements:
@@ -183,7 +202,12 @@ pub fn set_text(table: &Table, set: &Set) -> String {
 
 /// `rule FAMILY TABLE CHAIN STATEMENTS [comment "..."]`, for `add rule` / `insert rule`.
 pub fn rule_text(table: &Table, chain: &str, rule: &Rule) -> String {
-    format!("rule {} {} {chain} {}", family_text(table.family), table.name, rule_body_text(rule))
+    format!(
+        "rule {} {} {chain} {}",
+        family_text(table.family),
+        table.name,
+        rule_body_text(rule)
+    )
 }
 
 /// The statements of a rule and its comment, as written inside a chain block.
@@ -207,9 +231,16 @@ pub fn elements_text<'a>(
     set: &str,
     elements: impl IntoIterator<Item = (&'a [Value], Option<&'a ElemData>)>,
 ) -> String {
-    let items: Vec<String> =
-        elements.into_iter().map(|(key, data)| element_item_text(key, data)).collect();
-    format!("element {} {} {set} {{ {} }}", family_text(table.family), table.name, items.join(", "))
+    let items: Vec<String> = elements
+        .into_iter()
+        .map(|(key, data)| element_item_text(key, data))
+        .collect();
+    format!(
+        "element {} {} {set} {{ {} }}",
+        family_text(table.family),
+        table.name,
+        items.join(", ")
+    )
 }
 
 /// One element as written between braces: `KEY . KEY [: DATA]`.
@@ -244,12 +275,18 @@ pub fn stmt_text(stmt: &Stmt) -> String {
             Some(t) => format!("update @{set} {{ {} timeout {t}s }}", expr_text(key)),
             None => format!("update @{set} {{ {} }}", expr_text(key)),
         },
-        Stmt::DnatMap { key, addr_map, port_map } => {
+        Stmt::DnatMap {
+            key,
+            addr_map,
+            port_map,
+        } => {
             let key = expr_text(key);
             format!("dnat to {key} map @{addr_map} : {key} map @{port_map}")
         }
         Stmt::Masquerade { fully_random: true } => "masquerade fully-random".to_owned(),
-        Stmt::Masquerade { fully_random: false } => "masquerade".to_owned(),
+        Stmt::Masquerade {
+            fully_random: false,
+        } => "masquerade".to_owned(),
         Stmt::Reject => "reject".to_owned(),
     }
 }
@@ -258,8 +295,10 @@ fn verdict_map_text(key: &Expr, map: &MapRef<Verdict>) -> String {
     match map {
         MapRef::Named(name) => format!("@{name}"),
         MapRef::Anon(entries) => {
-            let items: Vec<String> =
-                entries.iter().map(|(k, v)| format!("{} : {v}", value_text_for(key, k))).collect();
+            let items: Vec<String> = entries
+                .iter()
+                .map(|(k, v)| format!("{} : {v}", value_text_for(key, k)))
+                .collect();
             format!("{{ {} }}", items.join(", "))
         }
     }
@@ -351,9 +390,11 @@ fn value_text_inner(value: &Value, hex: bool) -> String {
         Value::CtStateNew => "new".to_owned(),
         Value::CtStatusDnat => "dnat".to_owned(),
         Value::FibLocal => "local".to_owned(),
-        Value::Concat(parts) => {
-            parts.iter().map(|p| value_text_inner(p, hex)).collect::<Vec<_>>().join(" . ")
-        }
+        Value::Concat(parts) => parts
+            .iter()
+            .map(|p| value_text_inner(p, hex))
+            .collect::<Vec<_>>()
+            .join(" . "),
     }
 }
 
@@ -403,15 +444,34 @@ mod tests {
         assert_eq!(expr_text(&Expr::MarkAnd(0x4000)), "meta mark & 0x00004000");
         assert_eq!(expr_text(&Expr::CtState), "ct state");
         assert_eq!(expr_text(&Expr::CtStatus), "ct status");
-        assert_eq!(expr_text(&Expr::FibAddrType { saddr: true }), "fib saddr type");
-        assert_eq!(expr_text(&Expr::FibAddrType { saddr: false }), "fib daddr type");
-        assert_eq!(expr_text(&Expr::Numgen { modulus: 3, offset: 0 }), "numgen random mod 3");
         assert_eq!(
-            expr_text(&Expr::Numgen { modulus: 2, offset: 1 }),
+            expr_text(&Expr::FibAddrType { saddr: true }),
+            "fib saddr type"
+        );
+        assert_eq!(
+            expr_text(&Expr::FibAddrType { saddr: false }),
+            "fib daddr type"
+        );
+        assert_eq!(
+            expr_text(&Expr::Numgen {
+                modulus: 3,
+                offset: 0
+            }),
+            "numgen random mod 3"
+        );
+        assert_eq!(
+            expr_text(&Expr::Numgen {
+                modulus: 2,
+                offset: 1
+            }),
             "numgen random mod 2 offset 1"
         );
         assert_eq!(
-            expr_text(&Expr::Concat(vec![Expr::Daddr(IpFamily::V6), Expr::L4Proto, Expr::Dport])),
+            expr_text(&Expr::Concat(vec![
+                Expr::Daddr(IpFamily::V6),
+                Expr::L4Proto,
+                Expr::Dport
+            ])),
             "ip6 daddr . meta l4proto . th dport"
         );
     }
@@ -420,9 +480,18 @@ mod tests {
     fn values() {
         assert_eq!(value_text(&Value::Addr(ip("10.0.0.1"))), "10.0.0.1");
         assert_eq!(value_text(&Value::Addr(ip("fd00:0:0::0:1"))), "fd00::1");
-        assert_eq!(value_text(&Value::Addr(ip("::ffff:1.2.3.4"))), "::ffff:1.2.3.4");
-        assert_eq!(value_text(&Value::Prefix("10.1.2.3/8".parse().unwrap())), "10.0.0.0/8");
-        assert_eq!(value_text(&Value::Prefix("2001:db8::1/32".parse().unwrap())), "2001:db8::/32");
+        assert_eq!(
+            value_text(&Value::Addr(ip("::ffff:1.2.3.4"))),
+            "::ffff:1.2.3.4"
+        );
+        assert_eq!(
+            value_text(&Value::Prefix("10.1.2.3/8".parse().unwrap())),
+            "10.0.0.0/8"
+        );
+        assert_eq!(
+            value_text(&Value::Prefix("2001:db8::1/32".parse().unwrap())),
+            "2001:db8::/32"
+        );
         assert_eq!(value_text(&Value::Proto(Protocol::Tcp)), "tcp");
         assert_eq!(value_text(&Value::Proto(Protocol::Udp)), "udp");
         assert_eq!(value_text(&Value::Proto(Protocol::Sctp)), "sctp");
@@ -444,17 +513,28 @@ mod tests {
     #[test]
     fn matches() {
         let v4 = |s: &str| MatchRight::Value(Value::Addr(ip(s)));
-        assert_eq!(m(Expr::Saddr(IpFamily::V4), MatchOp::Eq, v4("1.2.3.4")), "ip saddr 1.2.3.4");
+        assert_eq!(
+            m(Expr::Saddr(IpFamily::V4), MatchOp::Eq, v4("1.2.3.4")),
+            "ip saddr 1.2.3.4"
+        );
         assert_eq!(
             m(Expr::Daddr(IpFamily::V6), MatchOp::Ne, v4("fd00::1")),
             "ip6 daddr != fd00::1"
         );
         assert_eq!(
-            m(Expr::Saddr(IpFamily::V4), MatchOp::Eq, MatchRight::Set("cidrs".into())),
+            m(
+                Expr::Saddr(IpFamily::V4),
+                MatchOp::Eq,
+                MatchRight::Set("cidrs".into())
+            ),
             "ip saddr @cidrs"
         );
         assert_eq!(
-            m(Expr::Saddr(IpFamily::V6), MatchOp::Ne, MatchRight::Set("cidrs".into())),
+            m(
+                Expr::Saddr(IpFamily::V6),
+                MatchOp::Ne,
+                MatchRight::Set("cidrs".into())
+            ),
             "ip6 saddr != @cidrs"
         );
         let anon = MatchRight::AnonSet(vec![
@@ -470,11 +550,23 @@ mod tests {
             "ip6 saddr != { fd00::/64, 2001:db8::1 }"
         );
         let ct_new = MatchRight::Value(Value::CtStateNew);
-        assert_eq!(m(Expr::CtState, MatchOp::Eq, ct_new.clone()), "ct state new");
-        assert_eq!(m(Expr::CtState, MatchOp::Ne, ct_new), "ct state & new != new");
+        assert_eq!(
+            m(Expr::CtState, MatchOp::Eq, ct_new.clone()),
+            "ct state new"
+        );
+        assert_eq!(
+            m(Expr::CtState, MatchOp::Ne, ct_new),
+            "ct state & new != new"
+        );
         let dnat = MatchRight::Value(Value::CtStatusDnat);
-        assert_eq!(m(Expr::CtStatus, MatchOp::Eq, dnat.clone()), "ct status dnat");
-        assert_eq!(m(Expr::CtStatus, MatchOp::Ne, dnat), "ct status & dnat != dnat");
+        assert_eq!(
+            m(Expr::CtStatus, MatchOp::Eq, dnat.clone()),
+            "ct status dnat"
+        );
+        assert_eq!(
+            m(Expr::CtStatus, MatchOp::Ne, dnat),
+            "ct status & dnat != dnat"
+        );
         let zero = MatchRight::Value(Value::Int(0));
         assert_eq!(
             m(Expr::MarkAnd(0x4000), MatchOp::Eq, zero.clone()),
@@ -490,7 +582,11 @@ mod tests {
         );
         let local = MatchRight::Value(Value::FibLocal);
         assert_eq!(
-            m(Expr::FibAddrType { saddr: true }, MatchOp::Eq, local.clone()),
+            m(
+                Expr::FibAddrType { saddr: true },
+                MatchOp::Eq,
+                local.clone()
+            ),
             "fib saddr type local"
         );
         assert_eq!(
@@ -498,7 +594,11 @@ mod tests {
             "fib daddr type != local"
         );
         assert_eq!(
-            m(Expr::L4Proto, MatchOp::Eq, MatchRight::Value(Value::Proto(Protocol::Sctp))),
+            m(
+                Expr::L4Proto,
+                MatchOp::Eq,
+                MatchRight::Value(Value::Proto(Protocol::Sctp))
+            ),
             "meta l4proto sctp"
         );
         assert_eq!(
@@ -534,16 +634,28 @@ mod tests {
         assert_eq!(stmt_text(&Stmt::Verdict(Verdict::Accept)), "accept");
         assert_eq!(stmt_text(&Stmt::Verdict(Verdict::Drop)), "drop");
         assert_eq!(stmt_text(&Stmt::Verdict(Verdict::Return)), "return");
-        assert_eq!(stmt_text(&Stmt::Verdict(Verdict::Jump("a".into()))), "jump a");
-        assert_eq!(stmt_text(&Stmt::Verdict(Verdict::Goto("b".into()))), "goto b");
+        assert_eq!(
+            stmt_text(&Stmt::Verdict(Verdict::Jump("a".into()))),
+            "jump a"
+        );
+        assert_eq!(
+            stmt_text(&Stmt::Verdict(Verdict::Goto("b".into()))),
+            "goto b"
+        );
         let key = Expr::Concat(vec![Expr::Daddr(IpFamily::V4), Expr::L4Proto, Expr::Dport]);
         assert_eq!(
-            stmt_text(&Stmt::Vmap { key: key.clone(), map: MapRef::Named("svc".into()) }),
+            stmt_text(&Stmt::Vmap {
+                key: key.clone(),
+                map: MapRef::Named("svc".into())
+            }),
             "ip daddr . meta l4proto . th dport vmap @svc"
         );
         assert_eq!(
             stmt_text(&Stmt::Vmap {
-                key: Expr::Numgen { modulus: 2, offset: 1 },
+                key: Expr::Numgen {
+                    modulus: 2,
+                    offset: 1
+                },
                 map: MapRef::Anon(vec![
                     (Value::Int(1), Verdict::Goto("ep-0".into())),
                     (Value::Int(2), Verdict::Accept),
@@ -561,20 +673,40 @@ mod tests {
         );
         let aff = Expr::Concat(vec![Expr::Saddr(IpFamily::V6), Expr::Daddr(IpFamily::V6)]);
         assert_eq!(
-            stmt_text(&Stmt::SetUpdate { set: "aff".into(), key: aff.clone(), timeout: Some(10) }),
+            stmt_text(&Stmt::SetUpdate {
+                set: "aff".into(),
+                key: aff.clone(),
+                timeout: Some(10)
+            }),
             "update @aff { ip6 saddr . ip6 daddr timeout 10s }"
         );
         assert_eq!(
-            stmt_text(&Stmt::SetUpdate { set: "aff".into(), key: aff, timeout: None }),
+            stmt_text(&Stmt::SetUpdate {
+                set: "aff".into(),
+                key: aff,
+                timeout: None
+            }),
             "update @aff { ip6 saddr . ip6 daddr }"
         );
         assert_eq!(
-            stmt_text(&Stmt::DnatMap { key, addr_map: "a".into(), port_map: "p".into() }),
+            stmt_text(&Stmt::DnatMap {
+                key,
+                addr_map: "a".into(),
+                port_map: "p".into()
+            }),
             "dnat to ip daddr . meta l4proto . th dport map @a : \
              ip daddr . meta l4proto . th dport map @p"
         );
-        assert_eq!(stmt_text(&Stmt::Masquerade { fully_random: true }), "masquerade fully-random");
-        assert_eq!(stmt_text(&Stmt::Masquerade { fully_random: false }), "masquerade");
+        assert_eq!(
+            stmt_text(&Stmt::Masquerade { fully_random: true }),
+            "masquerade fully-random"
+        );
+        assert_eq!(
+            stmt_text(&Stmt::Masquerade {
+                fully_random: false
+            }),
+            "masquerade"
+        );
         assert_eq!(stmt_text(&Stmt::Reject), "reject");
     }
 
@@ -582,7 +714,10 @@ mod tests {
     fn rule_with_comment() {
         let rule = Rule::new(vec![Stmt::Verdict(Verdict::Jump("services".into()))])
             .with_comment("say \"hi\"\nthere");
-        assert_eq!(rule_body_text(&rule), "jump services comment \"say 'hi' there\"");
+        assert_eq!(
+            rule_body_text(&rule),
+            "jump services comment \"say 'hi' there\""
+        );
         let table = Table::new(IpFamily::V6, "nftproxy");
         assert_eq!(
             rule_text(&table, "nat-output", &rule),
@@ -598,7 +733,11 @@ mod tests {
             vec![KeyType::Ipv4Addr, KeyType::InetProto, KeyType::InetService],
             Some(DataType::Verdict),
         );
-        set.flags = SetFlags { interval: true, dynamic: true, timeout: Some(10800) };
+        set.flags = SetFlags {
+            interval: true,
+            dynamic: true,
+            timeout: Some(10800),
+        };
         set.comment = Some("services".into());
         assert_eq!(
             set_text(&table, &set),
@@ -606,7 +745,11 @@ mod tests {
              flags interval,dynamic,timeout; timeout 10800s; comment \"services\"; }"
         );
         assert_eq!(set_ref_text(&table, &set), "map ip t svc");
-        let key = [Value::Addr(ip("1.2.3.4")), Value::Proto(Protocol::Tcp), Value::Port(80)];
+        let key = [
+            Value::Addr(ip("1.2.3.4")),
+            Value::Proto(Protocol::Tcp),
+            Value::Port(80),
+        ];
         let goto = ElemData::Verdict(Verdict::Goto("c".into()));
         assert_eq!(
             element_text(&table, "svc", &key, Some(&goto)),
@@ -616,7 +759,11 @@ mod tests {
             element_text(&table, "svc", &key, None),
             "element ip t svc { 1.2.3.4 . tcp . 80 }"
         );
-        let key2 = [Value::Addr(ip("1.2.3.5")), Value::Proto(Protocol::Udp), Value::Port(53)];
+        let key2 = [
+            Value::Addr(ip("1.2.3.5")),
+            Value::Proto(Protocol::Udp),
+            Value::Port(53),
+        ];
         assert_eq!(
             elements_text(&table, "svc", [(&key[..], None), (&key2[..], None)]),
             "element ip t svc { 1.2.3.4 . tcp . 80, 1.2.3.5 . udp . 53 }"
@@ -625,8 +772,11 @@ mod tests {
         assert_eq!(elem_data_text(&ElemData::Port(8080)), "8080");
 
         let t6 = Table::new(IpFamily::V6, "t");
-        let addr_map =
-            Set::new("a", vec![KeyType::Ipv6Addr, KeyType::InetProto], Some(DataType::Addr));
+        let addr_map = Set::new(
+            "a",
+            vec![KeyType::Ipv6Addr, KeyType::InetProto],
+            Some(DataType::Addr),
+        );
         assert_eq!(
             set_text(&t6, &addr_map),
             "map ip6 t a { type ipv6_addr . inet_proto : ipv6_addr; }"
@@ -648,17 +798,50 @@ mod tests {
     #[test]
     fn chains() {
         let table = Table::new(IpFamily::V4, "t");
-        let mut chain = Chain { name: "c".into(), base: None, rules: vec![] };
+        let mut chain = Chain {
+            name: "c".into(),
+            base: None,
+            rules: vec![],
+        };
         assert_eq!(chain_text(&table, &chain), "chain ip t c");
         assert_eq!(chain_ref_text(&table, "c"), "chain ip t c");
         for (chain_type, hook, prio, text) in [
-            (ChainType::Nat, Hook::Prerouting, -100, "type nat hook prerouting priority -100"),
-            (ChainType::Filter, Hook::Input, 0, "type filter hook input priority 0"),
-            (ChainType::Filter, Hook::Forward, -110, "type filter hook forward priority -110"),
-            (ChainType::Nat, Hook::Output, -100, "type nat hook output priority -100"),
-            (ChainType::Nat, Hook::Postrouting, 100, "type nat hook postrouting priority 100"),
+            (
+                ChainType::Nat,
+                Hook::Prerouting,
+                -100,
+                "type nat hook prerouting priority -100",
+            ),
+            (
+                ChainType::Filter,
+                Hook::Input,
+                0,
+                "type filter hook input priority 0",
+            ),
+            (
+                ChainType::Filter,
+                Hook::Forward,
+                -110,
+                "type filter hook forward priority -110",
+            ),
+            (
+                ChainType::Nat,
+                Hook::Output,
+                -100,
+                "type nat hook output priority -100",
+            ),
+            (
+                ChainType::Nat,
+                Hook::Postrouting,
+                100,
+                "type nat hook postrouting priority 100",
+            ),
         ] {
-            chain.base = Some(BaseChain { chain_type, hook, priority: prio });
+            chain.base = Some(BaseChain {
+                chain_type,
+                hook,
+                priority: prio,
+            });
             assert_eq!(
                 chain_text(&table, &chain),
                 format!("chain ip t c {{ {text}; policy accept; }}")
@@ -688,7 +871,14 @@ mod tests {
                 rules: vec![Rule::new(vec![Stmt::Verdict(Verdict::Jump("a".into()))])],
             },
         );
-        table.chains.insert("a".into(), Chain { name: "a".into(), base: None, rules: vec![] });
+        table.chains.insert(
+            "a".into(),
+            Chain {
+                name: "a".into(),
+                base: None,
+                rules: vec![],
+            },
+        );
         let mut ruleset = Ruleset::default();
         ruleset.tables.insert(IpFamily::V4, table);
         assert_eq!(
