@@ -22,7 +22,7 @@ fn family_word(f: IpFamily) -> &'static str {
 }
 
 /// Our tables as the kernel has them now (missing tables are simply absent).
-pub(crate) fn read_current(nft: &Nft, table: &str) -> Result<Ruleset> {
+pub fn read_current(nft: &Nft, table: &str) -> Result<Ruleset> {
     let mut current = Ruleset::default();
     for family in [IpFamily::V4, IpFamily::V6] {
         let word = family_word(family);
@@ -66,7 +66,7 @@ fn first_refused(nft: &Nft, backend: Backend, tx: &Transaction) -> Option<String
 }
 
 /// Sends a transaction; on failure the error names the refused operation.
-pub(crate) fn send(nft: &Nft, backend: Backend, tx: &Transaction) -> Result<()> {
+pub fn send(nft: &Nft, backend: Backend, tx: &Transaction) -> Result<()> {
     if let Err(e) = nft.batch(backend, &render(tx, backend), false) {
         let culprit = first_refused(nft, backend, tx)
             .map(|op| format!(" at `{op}`"))
@@ -83,13 +83,13 @@ pub(crate) fn send(nft: &Nft, backend: Backend, tx: &Transaction) -> Result<()> 
 }
 
 /// Options of `nftproxy apply`.
-pub(crate) struct ApplyOptions {
-    pub(crate) backend: Option<Backend>,
-    pub(crate) dry_run: bool,
+pub struct ApplyOptions {
+    pub backend: Option<Backend>,
+    pub dry_run: bool,
 }
 
 /// Moves the kernel from its current state to `desired`.
-pub(crate) fn apply(table: &str, desired: &Ruleset, opts: &ApplyOptions) -> Result<()> {
+pub fn apply(table: &str, desired: &Ruleset, opts: &ApplyOptions) -> Result<()> {
     let nft = Nft::from_env();
     let caps = probe::probe(&nft)?;
     let backend = caps.choose(opts.backend)?;
@@ -114,7 +114,7 @@ pub(crate) fn apply(table: &str, desired: &Ruleset, opts: &ApplyOptions) -> Resu
     }
     send(&nft, backend, &tx)?;
     let flows = conntrack::stale_flows(&current, desired);
-    let flushed = conntrack::flush(&flows);
+    let flushed = conntrack::flush(&nft, &flows);
     println!(
         "applied {} operations ({} elements, {} rules) with the {} backend{}",
         tx.len(),
@@ -131,7 +131,7 @@ pub(crate) fn apply(table: &str, desired: &Ruleset, opts: &ApplyOptions) -> Resu
 }
 
 /// Deletes our tables, atomically; other tables stay as they are.
-pub(crate) fn cleanup(table: &str, backend: Option<Backend>) -> Result<()> {
+pub fn cleanup(table: &str, backend: Option<Backend>) -> Result<()> {
     let nft = Nft::from_env();
     let current = read_current(&nft, table)?;
     if current.tables.is_empty() {

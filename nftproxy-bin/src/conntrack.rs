@@ -7,24 +7,25 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::process::Command;
 
-use nftproxy_core::compile::names;
+use nftproxy_core::compile::{names, RemovedElement};
 use nftproxy_core::ruleset::{ElemData, Value};
 use nftproxy_core::snapshot::{IpFamily, Protocol};
 use nftproxy_core::Ruleset;
 
+use crate::nft::Nft;
+
 /// A `conntrack -D` filter.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) struct Flush {
+pub struct Flush {
     /// IPv6 (else IPv4).
-    pub(crate) ipv6: bool,
+    pub ipv6: bool,
     /// Original destination (a VIP); `None` for NodePorts (any local address).
-    pub(crate) orig_dst: Option<IpAddr>,
+    pub orig_dst: Option<IpAddr>,
     /// Original destination port.
-    pub(crate) port: u16,
+    pub port: u16,
     /// DNAT target to match; `None` for any (entries that were not DNATed).
-    pub(crate) dnat_to: Option<IpAddr>,
+    pub dnat_to: Option<IpAddr>,
 }
 
 impl Flush {
@@ -100,7 +101,7 @@ fn udp_without_endpoints(ruleset: &Ruleset) -> BTreeSet<(bool, Option<IpAddr>, u
 }
 
 /// The conntrack entries to delete after moving the kernel from `old` to `new`.
-pub(crate) fn stale_flows(old: &Ruleset, new: &Ruleset) -> Vec<Flush> {
+pub fn stale_flows(old: &Ruleset, new: &Ruleset) -> Vec<Flush> {
     let before = udp_backends(old);
     let after = udp_backends(new);
     let mut out = BTreeSet::new();
@@ -131,11 +132,58 @@ pub(crate) fn stale_flows(old: &Ruleset, new: &Ruleset) -> Vec<Flush> {
     out.into_iter().collect()
 }
 
-/// Deletes the entries; returns how many filters were run. A missing `conntrack` tool is a warning.
-pub(crate) fn flush(flows: &[Flush]) -> usize {
+fn is_slot_addr_map(name: &str) -> bool {
+    name.ends_with("-addr") && (name.starts_with("ep-") || name.starts_with("np-ep-"))
+}
+
+/// Does any endpoint slot of this key in `ruleset` still send it to `ep`?
+fn still_backs(ruleset: &Ruleset, family: IpFamily, key: &[Value], ep: IpAddr) -> bool {
+    ruleset.tables.get(&family).is_some_and(|t| {
+        t.sets.iter().any(|(name, set)| {
+            is_slot_addr_map(name) && set.elements.get(key) == Some(&Some(ElemData::Addr(ep)))
+        })
+    })
+}
+
+/// The conntrack entries to delete after an incremental update that removed `removed` and
+/// produced `new`: the same rules as [`stale_flows`], without walking the whole ruleset.
+pub fn stale_flows_removed(removed: &[RemovedElement], new: &Ruleset) -> Vec<Flush> {
+    let mut out = BTreeSet::new();
+    for r in removed {
+        let ipv6 = r.family == IpFamily::V6;
+        let service = match r.key.as_slice() {
+            [Value::Addr(vip), Value::Proto(Protocol::Udp), Value::Port(p)] => (Some(*vip), *p),
+            [Value::Proto(Protocol::Udp), Value::Port(p)] => (None, *p),
+            _ => continue,
+        };
+        if is_slot_addr_map(&r.set) {
+            if let Some(ElemData::Addr(ep)) = r.data {
+                if !still_backs(new, r.family, &r.key, ep) {
+                    out.insert(Flush {
+                        ipv6,
+                        orig_dst: service.0,
+                        port: service.1,
+                        dnat_to: Some(ep),
+                    });
+                }
+            }
+        } else if r.set == names::NO_ENDPOINT_SERVICES || r.set == names::NO_ENDPOINT_NODEPORTS {
+            out.insert(Flush {
+                ipv6,
+                orig_dst: service.0,
+                port: service.1,
+                dnat_to: None,
+            });
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// Deletes the entries (in nft's network namespace); returns how many filters were run. A missing `conntrack` tool is a warning.
+pub fn flush(nft: &Nft, flows: &[Flush]) -> usize {
     let mut n = 0;
     for f in flows {
-        match Command::new("conntrack").args(f.args()).output() {
+        match nft.command("conntrack").args(f.args()).output() {
             Ok(_) => n += 1, // exit status 1 only means "0 flow entries deleted"
             Err(e) => {
                 tracing::warn!("cannot run conntrack to delete stale UDP entries: {e}");

@@ -9,11 +9,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use nftproxy_core::snapshot::Protocol;
 use nftproxy_core::trace;
 
-mod apply;
-mod conntrack;
 mod input;
-mod nft;
-mod probe;
+
+use nftproxy_bin::{apply, nft, probe};
 
 use input::InputArgs;
 

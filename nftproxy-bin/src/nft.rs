@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 
 /// How transactions are sent to the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub(crate) enum Backend {
+pub enum Backend {
     /// libnftables JSON (`nft -j -f -`).
     Json,
     /// nft script (`nft -f -`).
@@ -13,7 +13,7 @@ pub(crate) enum Backend {
 }
 
 impl Backend {
-    pub(crate) fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Json => "json",
             Self::Text => "text",
@@ -23,7 +23,7 @@ impl Backend {
 
 /// A failed nft invocation, classified as knftables does.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum NftError {
+pub enum NftError {
     /// `nft` could not be started.
     #[error("cannot run {bin}: {source} (is the nftables package installed?)")]
     Spawn {
@@ -50,17 +50,17 @@ impl NftError {
         }
     }
     /// The object did not exist.
-    pub(crate) fn is_not_found(&self) -> bool {
+    pub fn is_not_found(&self) -> bool {
         self.stderr().contains("No such file or directory")
     }
     /// The object already existed.
     #[allow(dead_code)]
-    pub(crate) fn is_exists(&self) -> bool {
+    pub fn is_exists(&self) -> bool {
         self.stderr().contains("File exists")
     }
     /// The kernel or nft does not support something in the request.
     #[allow(dead_code)]
-    pub(crate) fn is_unsupported(&self) -> bool {
+    pub fn is_unsupported(&self) -> bool {
         let s = self.stderr();
         s.contains("Operation not supported")
             || s.contains("not supported")
@@ -71,21 +71,45 @@ impl NftError {
 
 /// The `nft` command.
 #[derive(Debug, Clone)]
-pub(crate) struct Nft {
+pub struct Nft {
     bin: String,
+    /// Run inside this network namespace (`ip netns exec NAME ...`), else in the current one.
+    netns: Option<String>,
 }
 
 impl Nft {
     /// `nft` from `$NFTPROXY_NFT` or the PATH.
-    pub(crate) fn from_env() -> Self {
+    pub fn from_env() -> Self {
         Self {
             bin: std::env::var("NFTPROXY_NFT").unwrap_or_else(|_| "nft".to_owned()),
+            netns: None,
+        }
+    }
+
+    /// `nft` run inside a named network namespace (for tests and benchmarks).
+    pub fn in_netns(name: &str) -> Self {
+        Self {
+            netns: Some(name.to_owned()),
+            ..Self::from_env()
+        }
+    }
+
+    /// A command for `program` in the same network namespace as nft.
+    pub fn command(&self, program: &str) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, program]);
+                c
+            }
+            None => Command::new(program),
         }
     }
 
     /// Runs nft with arguments and optional standard input; returns standard output.
-    pub(crate) fn run(&self, args: &[&str], stdin: Option<&str>) -> Result<String, NftError> {
-        let mut child = Command::new(&self.bin)
+    pub fn run(&self, args: &[&str], stdin: Option<&str>) -> Result<String, NftError> {
+        let mut child = self
+            .command(&self.bin)
             .args(args)
             .stdin(if stdin.is_some() {
                 Stdio::piped()
@@ -118,7 +142,7 @@ impl Nft {
     }
 
     /// Sends a batch: JSON (`-j -f -`) or text (`-f -`); with `check`, only validates it.
-    pub(crate) fn batch(&self, backend: Backend, input: &str, check: bool) -> Result<(), NftError> {
+    pub fn batch(&self, backend: Backend, input: &str, check: bool) -> Result<(), NftError> {
         let mut args = Vec::new();
         if backend == Backend::Json {
             args.push("-j");
@@ -131,7 +155,7 @@ impl Nft {
     }
 
     /// The installed version, e.g. `1.0.6`.
-    pub(crate) fn version(&self) -> Result<String, NftError> {
+    pub fn version(&self) -> Result<String, NftError> {
         let out = self.run(&["--version"], None)?;
         // "nftables v1.0.6 (Lester Gooch #5)"
         Ok(out

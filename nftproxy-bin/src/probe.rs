@@ -16,18 +16,18 @@ const PROBE_TABLE: &str = "nftproxy-probe";
 
 /// What the probe found.
 #[derive(Debug)]
-pub(crate) struct Capabilities {
+pub struct Capabilities {
     /// `nft --version`.
-    pub(crate) version: String,
+    pub version: String,
     /// JSON backend accepted the full ruleset (else the reason).
-    pub(crate) json: Result<(), String>,
+    pub json: Result<(), String>,
     /// Text backend accepted the full ruleset (else the reason).
-    pub(crate) text: Result<(), String>,
+    pub text: Result<(), String>,
 }
 
 impl Capabilities {
     /// Picks the requested backend, or JSON when it works and text otherwise.
-    pub(crate) fn choose(&self, requested: Option<Backend>) -> Result<Backend> {
+    pub fn choose(&self, requested: Option<Backend>) -> Result<Backend> {
         let pick = |b: Backend| match b {
             Backend::Json => &self.json,
             Backend::Text => &self.text,
@@ -103,7 +103,7 @@ fn check(nft: &Nft, backend: Backend, tx: &Transaction) -> Result<(), String> {
 }
 
 /// Probes the installed nft.
-pub(crate) fn probe(nft: &Nft) -> Result<Capabilities> {
+pub fn probe(nft: &Nft) -> Result<Capabilities> {
     let version = nft.version()?;
     let tx = plan::full(&probe_ruleset()?);
     Ok(Capabilities {

@@ -83,3 +83,13 @@ pub fn check_golden(case: &str) {
         }
     }
 }
+
+/// The ruleset without set comments: nft 1.0.6 drops set comments given in JSON, so a ruleset
+/// read back from the kernel after a JSON load has none.
+pub fn without_set_comments(ruleset: &Ruleset) -> Ruleset {
+    let mut out = ruleset.clone();
+    for set in out.tables.values_mut().flat_map(|t| t.sets.values_mut()) {
+        set.comment = None;
+    }
+    out
+}

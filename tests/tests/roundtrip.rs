@@ -15,7 +15,7 @@ use nftproxy_core::readback::{from_nft_json, ReadbackError};
 use nftproxy_core::render;
 use nftproxy_core::snapshot::IpFamily;
 use nftproxy_core::Ruleset;
-use nftproxy_tests::fixtures;
+use nftproxy_tests::fixtures::{self, without_set_comments};
 use nftproxy_tests::netns::{can_run_root_tests, Netns};
 
 fn family_word(family: IpFamily) -> &'static str {
@@ -57,14 +57,6 @@ fn load(ns: &Netns, script: &str, json: bool) {
         ns.name,
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-fn without_set_comments(ruleset: &Ruleset) -> Ruleset {
-    let mut out = ruleset.clone();
-    for set in out.tables.values_mut().flat_map(|t| t.sets.values_mut()) {
-        set.comment = None;
-    }
-    out
 }
 
 #[test]

@@ -65,6 +65,21 @@ pub struct IncrementalCompiler {
     /// Two services claimed one key: updates compile everything until that is resolved.
     conflicted: bool,
     warnings: Vec<Warning>,
+    /// Elements the last update removed or changed, with their previous data.
+    removed: Vec<RemovedElement>,
+}
+
+/// An element an update removed (or whose data it changed), with the data it had.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemovedElement {
+    /// The table's family.
+    pub family: IpFamily,
+    /// Set or map name.
+    pub set: String,
+    /// The key.
+    pub key: Vec<Value>,
+    /// The data it had.
+    pub data: Option<ElemData>,
 }
 
 /// Why a contribution could not be merged: the caller falls back to a full compile.
@@ -87,12 +102,19 @@ impl IncrementalCompiler {
             ruleset: Ruleset::default(),
             conflicted: false,
             warnings: Vec::new(),
+            removed: Vec::new(),
         })
     }
 
     /// The current ruleset: equal to `compile(snapshot, config)` for the last snapshot.
     pub fn ruleset(&self) -> &Ruleset {
         &self.ruleset
+    }
+
+    /// Elements the last update removed or changed, with their previous data (for example to
+    /// flush conntrack entries of removed UDP endpoints).
+    pub fn removed(&self) -> &[RemovedElement] {
+        &self.removed
     }
 
     /// Warnings of the last full compile (incremental updates do not repeat them).
@@ -109,6 +131,7 @@ impl IncrementalCompiler {
         snapshot: &Snapshot,
         changed: Option<&[ObjectName]>,
     ) -> Result<Transaction, CompileError> {
+        self.removed.clear();
         let ctx = NodeContext::of(snapshot, &self.config);
         let families = ctx.families(
             &self.config,
@@ -447,6 +470,21 @@ impl IncrementalCompiler {
         self.skeleton = self.build_skeleton(&ctx);
         self.node = Some(ctx);
         let tx = plan::plan(&old, &full);
+        for (f, table) in &old.tables {
+            for (name, set) in &table.sets {
+                let new = full.tables.get(f).and_then(|t| t.sets.get(name));
+                for (key, data) in &set.elements {
+                    if new.and_then(|n| n.elements.get(key)) != Some(data) {
+                        self.removed.push(RemovedElement {
+                            family: *f,
+                            set: name.clone(),
+                            key: key.clone(),
+                            data: data.clone(),
+                        });
+                    }
+                }
+            }
+        }
         self.ruleset = full;
         tx
     }
