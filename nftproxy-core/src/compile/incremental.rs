@@ -378,8 +378,7 @@ impl IncrementalCompiler {
         deleted_sets: &BTreeSet<(IpFamily, String)>,
     ) -> Vec<Op> {
         let mut deletes: BTreeMap<(IpFamily, String), Vec<Vec<Value>>> = BTreeMap::new();
-        let mut adds: BTreeMap<(IpFamily, String), Vec<(Vec<Value>, Option<ElemData>)>> =
-            BTreeMap::new();
+        let mut adds: BTreeMap<(IpFamily, String), Vec<plan::Element>> = BTreeMap::new();
         for ((f, set, key), (before, after)) in delta {
             if before == after {
                 continue;
