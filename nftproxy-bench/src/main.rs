@@ -33,6 +33,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 mod cluster;
+mod daemon;
 mod dataplane;
 mod inproc;
 mod kernel;
@@ -335,6 +336,12 @@ fn run_scale(ctx: &Bench, n: usize) -> ScaleResult {
             stage(&mut r, "reference: nft -f kube-proxy shape", |r| {
                 reference(ctx, nftproxy, r)
             });
+        }
+        if let Some((full, steps)) = stage(&mut r, "daemon: in-process incremental syncs", |_| {
+            daemon::measure(&files.base, &files.steps)
+        }) {
+            r.daemon_full = Some(full);
+            r.daemon = steps;
         }
         r.dataplane = stage(&mut r, "data plane: connect latency", |_| {
             dataplane(ctx, nftproxy, &files)

@@ -58,6 +58,10 @@ pub(crate) struct ScaleResult {
     /// Why the reference was not run.
     pub(crate) reference_skipped: Option<String>,
     pub(crate) dataplane: Option<DataPlane>,
+    /// The in-process syncer: full sync of the base snapshot.
+    pub(crate) daemon_full: Option<crate::daemon::DaemonStep>,
+    /// The in-process syncer: the same steps as `incremental`.
+    pub(crate) daemon: Vec<crate::daemon::DaemonStep>,
     /// Stages that failed.
     pub(crate) errors: Vec<String>,
 }
@@ -169,6 +173,38 @@ fn targets() -> Vec<(&'static str, Target)> {
             },
         ),
         (
+            "daemon: +1 endpoint (ops, compile+plan, nft, total)",
+            Target {
+                text: "<= 8 ops, < 30 ms @10k",
+                at: Some(10_000),
+                check: |r| daemon_ok(r, 0),
+            },
+        ),
+        (
+            "daemon: -1 endpoint (ops, compile+plan, nft, total)",
+            Target {
+                text: "<= 8 ops, < 30 ms @10k",
+                at: Some(10_000),
+                check: |r| daemon_ok(r, 1),
+            },
+        ),
+        (
+            "daemon: +1 endpoint (ops, compile+plan, nft, total)",
+            Target {
+                text: "compile+plan < 5 ms @10k",
+                at: Some(10_000),
+                check: |r| Some(r.daemon.first()?.compile_plan_ms < 5.0),
+            },
+        ),
+        (
+            "daemon: same snapshot again",
+            Target {
+                text: "0 ops",
+                at: None,
+                check: |r| Some(r.daemon.get(4)?.ops == 0),
+            },
+        ),
+        (
             "reference / ours (full apply)",
             Target {
                 text: ">= 30x @10k",
@@ -187,6 +223,12 @@ fn targets() -> Vec<(&'static str, Target)> {
     ]
 }
 
+/// An in-process sync step within the ops and time budget.
+fn daemon_ok(r: &ScaleResult, i: usize) -> Option<bool> {
+    let s = r.daemon.get(i)?;
+    Some(s.ops <= 8 && s.wall_ms < 30.0)
+}
+
 /// Evaluates every target that applies to a result.
 pub(crate) fn evaluate(results: &[ScaleResult]) -> Vec<TargetResult> {
     let mut out = Vec::new();
@@ -202,6 +244,14 @@ pub(crate) fn evaluate(results: &[ScaleResult]) -> Vec<TargetResult> {
         }
     }
     out
+}
+
+fn daemon_cell(r: &ScaleResult, i: usize) -> Option<String> {
+    let d = r.daemon.get(i)?;
+    Some(format!(
+        "{} ops, {:.2} / {:.1} / {:.1} ms",
+        d.ops, d.compile_plan_ms, d.apply_ms, d.wall_ms
+    ))
 }
 
 fn ms(v: f64) -> String {
@@ -321,6 +371,23 @@ fn rows() -> Vec<(&'static str, Cell)> {
         ("same snapshot again", |r| {
             Some(apply_cell(&r.incremental.get(4)?.run))
         }),
+        ("daemon: full sync (wall, ops)", |r| {
+            let d = r.daemon_full.as_ref()?;
+            Some(format!("{}, {} ops", secs(d.wall_ms), d.ops))
+        }),
+        ("daemon: +1 endpoint (ops, compile+plan, nft, total)", |r| {
+            daemon_cell(r, 0)
+        }),
+        ("daemon: -1 endpoint (ops, compile+plan, nft, total)", |r| {
+            daemon_cell(r, 1)
+        }),
+        ("daemon: +1 service (ops, compile+plan, nft, total)", |r| {
+            daemon_cell(r, 2)
+        }),
+        ("daemon: -1 service (ops, compile+plan, nft, total)", |r| {
+            daemon_cell(r, 3)
+        }),
+        ("daemon: same snapshot again", |r| daemon_cell(r, 4)),
         ("+1 endpoint, instrumented (wall, ops)", |r| {
             Some(apply_cell(&r.incremental_instrumented.as_ref()?.run))
         }),

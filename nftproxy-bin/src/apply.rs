@@ -41,7 +41,7 @@ pub fn read_current(nft: &Nft, table: &str) -> Result<Ruleset> {
 
 fn render(tx: &Transaction, backend: Backend) -> String {
     match backend {
-        Backend::Json => tx.to_json(),
+        Backend::Json => tx.to_json_compact(),
         Backend::Text => tx.to_string(),
     }
 }
@@ -104,7 +104,10 @@ pub fn apply(table: &str, desired: &Ruleset, opts: &ApplyOptions) -> Result<()> 
     let current = read_current(&nft, table)?;
     let tx = plan::plan(&current, desired);
     if opts.dry_run {
-        print!("{}", render(&tx, backend));
+        match backend {
+            Backend::Json => print!("{}", tx.to_json()),
+            Backend::Text => print!("{tx}"),
+        }
         eprintln!("dry run: {} operations not sent", tx.len());
         return Ok(());
     }

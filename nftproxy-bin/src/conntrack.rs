@@ -118,9 +118,10 @@ pub fn stale_flows(old: &Ruleset, new: &Ruleset) -> Vec<Flush> {
             }
         }
     }
-    let empty_before = udp_without_endpoints(old);
-    for svc in after.keys() {
-        if empty_before.contains(svc) {
+    // Ports that had no endpoints (their packets were not DNATed) and now do.
+    let empty_after = udp_without_endpoints(new);
+    for svc in udp_without_endpoints(old) {
+        if !empty_after.contains(&svc) && after.contains_key(&svc) {
             out.insert(Flush {
                 ipv6: svc.0,
                 orig_dst: svc.1,
@@ -253,5 +254,45 @@ mod tests {
     fn unchanged_endpoints_flush_nothing() {
         let r = ruleset(&["10.0.0.1"]);
         assert!(stale_flows(&r, &r).is_empty());
+    }
+}
+
+#[cfg(test)]
+mod local_policy_tests {
+    use super::*;
+    use nftproxy_core::parse::parse_snapshot;
+    use nftproxy_core::{compile, ProxyConfig};
+
+    /// A UDP NodePort with externalTrafficPolicy Local and only a remote endpoint: its key is in
+    /// the no-endpoint map (drop external traffic) and has endpoints (for pods): not "gained".
+    fn etp_local(endpoints: &[&str]) -> Ruleset {
+        let mut yaml = String::from(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: dns, namespace: ns}\n\
+             spec: {type: NodePort, externalTrafficPolicy: Local, clusterIP: 172.30.0.10, \
+             ports: [{name: dns, protocol: UDP, port: 53, nodePort: 30053}]}\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {name: dns-1, namespace: ns, labels: {kubernetes.io/service-name: dns}}\n\
+             addressType: IPv4\nports: [{name: dns, protocol: UDP, port: 53}]\nendpoints:\n",
+        );
+        for e in endpoints {
+            yaml.push_str(&format!("- {{addresses: [{e}], nodeName: node-b}}\n"));
+        }
+        let snap = parse_snapshot(&yaml).unwrap().snapshot;
+        let cfg = ProxyConfig {
+            node_name: "node-a".into(),
+            ..ProxyConfig::default()
+        };
+        compile(&snap, &cfg).unwrap().ruleset
+    }
+
+    #[test]
+    fn no_local_endpoints_is_not_gaining_endpoints() {
+        let a = etp_local(&["10.0.0.1"]);
+        let b = etp_local(&["10.0.0.1", "10.0.0.2"]);
+        assert!(
+            stale_flows(&a, &b).iter().all(|f| f.dnat_to.is_some()),
+            "{:?}",
+            stale_flows(&a, &b)
+        );
     }
 }

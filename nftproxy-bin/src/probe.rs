@@ -69,7 +69,7 @@ fn probe_ruleset() -> Result<Ruleset> {
 
 fn render(tx: &Transaction, backend: Backend) -> String {
     match backend {
-        Backend::Json => tx.to_json(),
+        Backend::Json => tx.to_json_compact(),
         Backend::Text => tx.to_string(),
     }
 }

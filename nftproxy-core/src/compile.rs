@@ -340,7 +340,6 @@ struct FamilyBuilder<'a> {
     /// This node's IPs (all families), for loadBalancerSourceRanges.
     node_ips: Vec<IpAddr>,
     warnings: Vec<Warning>,
-    owners: BTreeMap<(String, Vec<Value>), ObjectName>,
 }
 
 fn v(a: IpAddr, p: Protocol, port: u16) -> Vec<Value> {
@@ -477,38 +476,39 @@ impl<'a> FamilyBuilder<'a> {
             nodeports_all_local: false,
             node_ips: Vec::new(),
             warnings: Vec::new(),
-            owners: BTreeMap::new(),
         }
     }
 
+    /// The set of that name, created with a placeholder definition if new (`finish` defines
+    /// the sets whose number follows the services).
     fn set_mut(&mut self, name: &str) -> &mut Set {
-        // Every name passed here is created in `new` or `ensure_*` before use.
-        self.sets
-            .entry(name.to_owned())
-            .or_insert_with(|| Set::new(name, Vec::new(), None))
+        if !self.sets.contains_key(name) {
+            self.sets
+                .insert(name.to_owned(), Set::new(name, Vec::new(), None));
+        }
+        // Invariant: inserted just above if it was missing.
+        self.sets.get_mut(name).expect("set exists")
     }
 
     /// Inserts an element owned by a service; a key already owned by another service is a conflict
     /// (the first service, in name order, keeps it).
+    /// Inserts an element owned by a service. A service puts each (set, key) once (its IP lists
+    /// are deduplicated), so a key already there belongs to another service, earlier in name
+    /// order, which keeps it.
     fn put(&mut self, owner: &ObjectName, set: &str, key: Vec<Value>, data: Option<ElemData>) {
-        let id = (set.to_owned(), key);
-        match self.owners.get(&id) {
-            Some(o) if o != owner => {
-                self.warnings.push(Warning {
-                    object: format!("Service {owner}"),
-                    message: format!(
-                        "{} {} is already used by service {o}; ignored here",
-                        set,
-                        describe_key(&id.1)
-                    ),
-                });
-            }
-            Some(_) => {}
-            None => {
-                self.owners.insert(id.clone(), owner.clone());
-                self.set_mut(set).elements.insert(id.1, data);
-            }
+        let target = self.set_mut(set);
+        if target.elements.contains_key(&key) {
+            let message = format!(
+                "{set} {} is already used by another service or port; ignored here",
+                describe_key(&key)
+            );
+            self.warnings.push(Warning {
+                object: format!("Service {owner}"),
+                message,
+            });
+            return;
         }
+        target.elements.insert(key, data);
     }
 
     /// Gives a set its definition, keeping any elements already recorded in it.
@@ -605,6 +605,15 @@ impl<'a> FamilyBuilder<'a> {
         } else {
             Vec::new()
         };
+        // Each IP once: an IP listed twice, or as both an external and a LoadBalancer IP, is
+        // one entry point (as a LoadBalancer IP).
+        let mut lb_ips = lb_ips;
+        lb_ips.sort();
+        lb_ips.dedup();
+        let mut external_ips = external_ips;
+        external_ips.sort();
+        external_ips.dedup();
+        external_ips.retain(|ip| !lb_ips.contains(ip));
         let node_port_type = matches!(
             svc.service_type,
             ServiceType::NodePort | ServiceType::LoadBalancer

@@ -155,6 +155,9 @@ fn same_def(a: &Set, b: &Set) -> bool {
 /// A set or map element: key components and, for maps, data.
 pub type Element = (Vec<Value>, Option<ElemData>);
 
+/// The most elements [`Transaction::to_json_compact`] puts into one command.
+pub const ELEMENT_CHUNK: usize = 8192;
+
 /// One nft command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
@@ -380,6 +383,48 @@ impl Transaction {
     /// The transaction as libnftables JSON text for `nft -j -f`, pretty-printed, deterministic.
     pub fn to_json(&self) -> String {
         render::json_to_string(&self.to_json_value())
+    }
+
+    /// The same commands as compact JSON, for sending to nft: rendered command by command, with
+    /// long element lists split into commands of at most [`ELEMENT_CHUNK`] elements, so that no
+    /// JSON tree of the whole transaction is ever held in memory.
+    pub fn to_json_compact(&self) -> String {
+        let mut out = String::from("{\"nftables\":[");
+        let mut first = true;
+        let mut push = |value: Json| {
+            if !first {
+                out.push(',');
+            }
+            first = false;
+            out.push_str(&value.to_string());
+        };
+        for op in &self.ops {
+            match op {
+                Op::AddElements { table, set, elems } if elems.len() > ELEMENT_CHUNK => {
+                    for chunk in elems.chunks(ELEMENT_CHUNK) {
+                        let part = Op::AddElements {
+                            table: table.clone(),
+                            set: set.clone(),
+                            elems: chunk.to_vec(),
+                        };
+                        push(part.to_json_value());
+                    }
+                }
+                Op::DeleteElements { table, set, keys } if keys.len() > ELEMENT_CHUNK => {
+                    for chunk in keys.chunks(ELEMENT_CHUNK) {
+                        let part = Op::DeleteElements {
+                            table: table.clone(),
+                            set: set.clone(),
+                            keys: chunk.to_vec(),
+                        };
+                        push(part.to_json_value());
+                    }
+                }
+                _ => push(op.to_json_value()),
+            }
+        }
+        out.push_str("]}\n");
+        out
     }
 }
 
@@ -700,6 +745,34 @@ pub fn full(new: &Ruleset) -> Transaction {
 /// The transaction that deletes our tables of `old`.
 pub fn delete_all(old: &Ruleset) -> Transaction {
     plan(old, &Ruleset::default())
+}
+
+#[cfg(test)]
+mod compact_tests {
+    use super::*;
+
+    #[test]
+    fn compact_json_is_the_same_commands_chunked() {
+        let table = TableRef {
+            family: crate::snapshot::IpFamily::V4,
+            name: "t".into(),
+        };
+        let elems: Vec<Element> = (0..(ELEMENT_CHUNK as u16 + 5))
+            .map(|p| (vec![Value::Port(p)], None))
+            .collect();
+        let tx = Transaction {
+            ops: vec![Op::AddElements {
+                table,
+                set: "s".into(),
+                elems,
+            }],
+        };
+        let compact: Json = serde_json::from_str(&tx.to_json_compact()).unwrap();
+        let commands = compact["nftables"].as_array().unwrap();
+        assert_eq!(commands.len(), 2);
+        let count = |c: &Json| c["add"]["element"]["elem"].as_array().unwrap().len();
+        assert_eq!(count(&commands[0]) + count(&commands[1]), ELEMENT_CHUNK + 5);
+    }
 }
 
 #[cfg(test)]
