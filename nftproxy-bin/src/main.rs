@@ -155,15 +155,7 @@ fn run(cli: Cli) -> Result<()> {
                     trace::Origin::Interface
                 },
             };
-            let local_addrs = if config.node_ips.is_empty() {
-                snapshot
-                    .nodes
-                    .get(&config.node_name)
-                    .map(|n| n.addresses.clone())
-                    .unwrap_or_default()
-            } else {
-                config.node_ips.clone()
-            };
+            let local_addrs = nftproxy_core::compile::node_addresses(&snapshot, &config);
             let outcome = trace::trace(&ruleset, &packet, &trace::TraceEnv { local_addrs })?;
             match format {
                 TraceFormat::Text => print!("{}", trace::format_text(&outcome, &packet)),

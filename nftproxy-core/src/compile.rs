@@ -778,9 +778,10 @@ impl<'a> FamilyBuilder<'a> {
     fn finish(mut self) -> (Table, Vec<Warning>) {
         let f = self.family;
         // Headroom: slots and plain load-balancing chains up to the next power of two of the
-        // largest endpoint count, so that an endpoint more or less is only element changes.
+        // largest endpoint count (at least MIN_SLOTS), so that an endpoint more or less is only
+        // element changes.
         for (space, n) in self.slots.iter_mut() {
-            *n = (*n + 1).next_power_of_two();
+            *n = provisioned_slots(*n);
             for count in 1..=*n {
                 self.lb_specs.insert(LbSpec {
                     space: *space,
@@ -1183,6 +1184,14 @@ fn without_covered(mut nets: Vec<IpNet>) -> Vec<IpNet> {
     nets
 }
 
+/// The fewest endpoint slots (and plain load-balancing chains) provisioned per key space in use.
+pub const MIN_SLOTS: u32 = 8;
+
+/// Slots provisioned when the largest service port has `n` endpoints.
+pub(crate) fn provisioned_slots(n: u32) -> u32 {
+    (n + 1).next_power_of_two().max(MIN_SLOTS)
+}
+
 fn affinity_set(space: KeySpace, timeout: u32) -> String {
     format!("{}affinity-{timeout}", space.prefix())
 }
@@ -1262,13 +1271,15 @@ fn endpoints_for(
     out
 }
 
-/// This node's IPs: `--node-ip` if given, else the Node object's addresses.
-fn node_ips(cfg: &ProxyConfig, snapshot: Option<&Snapshot>) -> Vec<IpAddr> {
-    if !cfg.node_ips.is_empty() {
-        return cfg.node_ips.clone();
+/// This node's IPs as the compiler uses them: `--node-ip` if given, else the Node object's
+/// addresses.
+pub fn node_addresses(snapshot: &Snapshot, config: &ProxyConfig) -> Vec<IpAddr> {
+    if !config.node_ips.is_empty() {
+        return config.node_ips.clone();
     }
     snapshot
-        .and_then(|s| s.nodes.get(&cfg.node_name))
+        .nodes
+        .get(&config.node_name)
         .map(|n| n.addresses.clone())
         .unwrap_or_default()
 }
@@ -1317,7 +1328,7 @@ impl NodeContext {
         let node = snapshot.nodes.get(&config.node_name);
         Self {
             zone: node.and_then(|n| n.zone.clone()),
-            node_ips: node_ips(config, Some(snapshot)),
+            node_ips: node_addresses(snapshot, config),
             pod_cidrs: node.map(|n| n.pod_cidrs.clone()).unwrap_or_default(),
         }
     }

@@ -41,7 +41,8 @@ fn cluster(name: &str) -> Topology {
     topo
 }
 
-fn apply(topo: &Topology, name: &str) {
+/// Applies a snapshot with `nftproxy apply`; returns what it printed.
+fn apply(topo: &Topology, name: &str) -> String {
     let out = topo.apply(&snapshot(name));
     assert!(
         out.status.success(),
@@ -49,6 +50,20 @@ fn apply(topo: &Topology, name: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The operation count `nftproxy apply` reports ("applied N operations ..." or "sent 0").
+fn operations(stdout: &str) -> usize {
+    if stdout.contains("sent 0 operations") {
+        return 0;
+    }
+    stdout
+        .split_whitespace()
+        .skip_while(|w| *w != "applied")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no operation count in {stdout:?}"))
 }
 
 fn addr(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
@@ -333,7 +348,15 @@ fn removed_endpoint_gets_no_new_connections_established_survive() {
         "pod-b" => "removal-without-pod-a.yaml",
         other => panic!("unexpected answer from {other:?}"),
     };
-    apply(&topo, second);
+    let out = apply(&topo, second);
+    let ops = operations(&out);
+    eprintln!("one endpoint removed: {}", out.trim());
+    assert!(
+        (1..=8).contains(&ops),
+        "a one-endpoint change sent {ops} operations: {out}"
+    );
+    let again = apply(&topo, second);
+    assert_eq!(operations(&again), 0, "the same snapshot again: {again}");
     let got = answers(
         &topo,
         Place::Pod(Pod::C),

@@ -67,7 +67,17 @@ pub struct IncrementalCompiler {
     warnings: Vec<Warning>,
     /// Elements the last update removed or changed, with their previous data.
     removed: Vec<RemovedElement>,
+    /// What the skeleton was built from, after headroom (see [`Self::structure_signature`]).
+    signature: Signature,
 }
+
+/// The inputs of the skeleton that matter once headroom is applied: provisioned slots per key
+/// space, load-balancing chains beyond the provisioned plain ones, affinity timeouts.
+type Signature = (
+    BTreeMap<(IpFamily, KeySpace), u32>,
+    BTreeSet<(IpFamily, LbSpec)>,
+    BTreeSet<(IpFamily, KeySpace, u32)>,
+);
 
 /// An element an update removed (or whose data it changed), with the data it had.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,6 +113,7 @@ impl IncrementalCompiler {
             conflicted: false,
             warnings: Vec::new(),
             removed: Vec::new(),
+            signature: Signature::default(),
         })
     }
 
@@ -180,7 +191,7 @@ impl IncrementalCompiler {
         }
         let mut tx = Transaction::new();
         let mut deleted_sets = BTreeSet::new();
-        if structure_changed {
+        if structure_changed && self.structure_signature() != self.signature {
             let skeleton = self.build_skeleton(&ctx);
             let skel_tx = plan::plan(&self.skeleton, &skeleton);
             for op in &skel_tx.ops {
@@ -199,6 +210,7 @@ impl IncrementalCompiler {
             }
             tx.ops = skel_tx.ops;
             self.install_skeleton(skeleton);
+            self.signature = self.structure_signature();
         }
         tx.ops.extend(self.element_ops(&delta, &deleted_sets));
         tx.ops.sort_by_key(phase);
@@ -317,6 +329,26 @@ impl IncrementalCompiler {
             );
         }
         structure
+    }
+
+    /// The structure the skeleton follows; equal signatures give equal skeletons, so a change
+    /// of, say, 10 to 11 endpoints within the provisioned 16 slots rebuilds nothing.
+    fn structure_signature(&self) -> Signature {
+        let mut slots: BTreeMap<(IpFamily, KeySpace), u32> = BTreeMap::new();
+        for (f, space, n) in self.slots.keys() {
+            let e = slots.entry((*f, *space)).or_insert(0);
+            *e = (*e).max(super::provisioned_slots(*n));
+        }
+        let specs = self
+            .specs
+            .keys()
+            .filter(|(f, spec)| {
+                let provisioned = slots.get(&(*f, spec.space)).copied().unwrap_or(0);
+                spec.affinity || spec.offset != 0 || spec.count > provisioned
+            })
+            .copied()
+            .collect();
+        (slots, specs, self.timeouts.keys().copied().collect())
     }
 
     /// Chains and set definitions for the current structure, with the node's own elements.
@@ -467,6 +499,7 @@ impl IncrementalCompiler {
             self.services.insert(svc.name.clone(), c);
         }
         self.skeleton = self.build_skeleton(&ctx);
+        self.signature = self.structure_signature();
         self.node = Some(ctx);
         let tx = plan::plan(&old, &full);
         for (f, table) in &old.tables {
