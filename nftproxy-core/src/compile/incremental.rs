@@ -69,6 +69,8 @@ pub struct IncrementalCompiler {
     removed: Vec<RemovedElement>,
     /// What the skeleton was built from, after headroom (see [`Self::structure_signature`]).
     signature: Signature,
+    /// Our services with an IPv6 ClusterIP (they make the `ip6` table exist).
+    v6_services: BTreeSet<ObjectName>,
 }
 
 /// The inputs of the skeleton that matter once headroom is applied: provisioned slots per key
@@ -114,6 +116,7 @@ impl IncrementalCompiler {
             warnings: Vec::new(),
             removed: Vec::new(),
             signature: Signature::default(),
+            v6_services: BTreeSet::new(),
         })
     }
 
@@ -144,16 +147,33 @@ impl IncrementalCompiler {
     ) -> Result<Transaction, CompileError> {
         self.removed.clear();
         let ctx = NodeContext::of(snapshot, &self.config);
-        let families = ctx.families(
-            &self.config,
-            snapshot
-                .services
-                .values()
-                .filter(|s| is_ours(s, &self.config)),
-        );
+        // Which services have IPv6, looking only at the changed ones when we are told which: a
+        // whole-snapshot scan is what would make a sync cost grow with the cluster.
+        let v6_services = match changed {
+            Some(list) => {
+                let mut v6 = self.v6_services.clone();
+                for name in list {
+                    v6.remove(name);
+                    if snapshot
+                        .services
+                        .get(name)
+                        .is_some_and(|s| self.is_v6_service(s))
+                    {
+                        v6.insert(name.clone());
+                    }
+                }
+                v6
+            }
+            None => self.all_v6_services(snapshot),
+        };
+        let mut families = ctx.families(&self.config, std::iter::empty());
+        if !v6_services.is_empty() {
+            families.insert(IpFamily::V6);
+        }
         if self.conflicted || self.node.as_ref() != Some(&ctx) || self.families != families {
             return Ok(self.rebuild(snapshot, ctx, families));
         }
+        self.v6_services = v6_services;
         let names: BTreeSet<ObjectName> = match changed {
             Some(list) => list.iter().cloned().collect(),
             None => self
@@ -215,6 +235,19 @@ impl IncrementalCompiler {
         tx.ops.extend(self.element_ops(&delta, &deleted_sets));
         tx.ops.sort_by_key(phase);
         Ok(tx)
+    }
+
+    fn is_v6_service(&self, s: &Service) -> bool {
+        is_ours(s, &self.config) && s.cluster_ips.iter().any(|ip| ip.is_ipv6())
+    }
+
+    fn all_v6_services(&self, snapshot: &Snapshot) -> BTreeSet<ObjectName> {
+        snapshot
+            .services
+            .values()
+            .filter(|s| self.is_v6_service(s))
+            .map(|s| s.name.clone())
+            .collect()
     }
 
     /// Compiles one service's contribution to every family.
@@ -476,6 +509,7 @@ impl IncrementalCompiler {
         self.timeouts.clear();
         self.families = families;
         self.conflicted = false;
+        self.v6_services = self.all_v6_services(snapshot);
         let compiled = super::compile(snapshot, &self.config);
         let (full, warnings) = match compiled {
             Ok(c) => (c.ruleset, c.warnings),
@@ -554,15 +588,23 @@ fn slices_of<'s>(
         .iter()
         .map(|n| (n.namespace.as_str(), n.name.as_str()))
         .collect();
+    let namespaces: BTreeSet<&str> = wanted.iter().map(|(ns, _)| *ns).collect();
     let mut out: BTreeMap<ObjectName, Vec<&EndpointSlice>> = BTreeMap::new();
-    for slice in snapshot.slices.values() {
-        let Some(svc) = slice.service_name.as_deref() else {
-            continue;
-        };
-        if wanted.contains(&(slice.name.namespace.as_str(), svc)) {
-            out.entry(ObjectName::new(slice.name.namespace.clone(), svc))
-                .or_default()
-                .push(slice);
+    // Slices are sorted by namespace first: only the namespaces of the wanted services are read.
+    for ns in namespaces {
+        let from = ObjectName::new(ns, "");
+        for slice in snapshot
+            .slices
+            .range(from..)
+            .map(|(_, s)| s)
+            .take_while(|s| s.name.namespace == ns)
+        {
+            let Some(svc) = slice.service_name.as_deref() else {
+                continue;
+            };
+            if wanted.contains(&(ns, svc)) {
+                out.entry(ObjectName::new(ns, svc)).or_default().push(slice);
+            }
         }
     }
     out
