@@ -43,6 +43,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde_json::json;
 
+use crate::render;
 use crate::ruleset::{
     BaseChain, Chain, ChainType, DataType, ElemData, Expr, Hook, KeyType, MapRef, MarkOp, MatchOp,
     MatchRight, Rule, Ruleset, Set, Stmt, Table, Value, Verdict,
@@ -553,7 +554,7 @@ impl<'a> Tracer<'a> {
     fn unsupported(&self, cx: &Cx<'_>, reason: impl Into<String>) -> TraceError {
         TraceError::Unsupported {
             chain: cx.chain.to_owned(),
-            rule: render_rule(cx.rule),
+            rule: render::rule_body_text(cx.rule),
             reason: reason.into(),
         }
     }
@@ -677,7 +678,7 @@ impl<'a> Tracer<'a> {
         let Some(chain) = self.table.chains.get(name) else {
             return Err(TraceError::UnknownChain {
                 chain: cx.chain.to_owned(),
-                rule: render_rule(cx.rule),
+                rule: render::rule_body_text(cx.rule),
                 target: name.to_owned(),
             });
         };
@@ -790,7 +791,7 @@ impl<'a> Tracer<'a> {
 
     /// Appends the path line of the current rule.
     fn record(&self, cx: &Cx<'_>, st: &mut State, notes: &[String]) {
-        let mut line = format!("{}: {}", cx.chain, render_rule(cx.rule));
+        let mut line = format!("{}: {}", cx.chain, render::rule_body_text(cx.rule));
         for n in notes {
             line.push(' ');
             line.push_str(n);
@@ -991,7 +992,7 @@ impl<'a> Tracer<'a> {
                         cx,
                         format!(
                             "{} used in the {} table",
-                            render_expr(e),
+                            render::expr_text(e),
                             family_keyword(self.family)
                         ),
                     ));
@@ -1068,7 +1069,7 @@ impl<'a> Tracer<'a> {
             .get(name)
             .ok_or_else(|| TraceError::UnknownSet {
                 chain: cx.chain.to_owned(),
-                rule: render_rule(cx.rule),
+                rule: render::rule_body_text(cx.rule),
                 set: name.to_owned(),
             })
     }
@@ -1111,7 +1112,7 @@ impl<'a> Tracer<'a> {
                 .join(" . ");
             Err(self.unsupported(
                 cx,
-                format!("{} compared with {want}", render_value(v, false)),
+                format!("{} compared with {want}", render::value_text(v)),
             ))
         }
     }
@@ -1268,127 +1269,14 @@ fn family_keyword(f: IpFamily) -> &'static str {
     }
 }
 
-fn render_expr(e: &Expr) -> String {
-    match e {
-        Expr::Saddr(f) => format!("{} saddr", family_keyword(*f)),
-        Expr::Daddr(f) => format!("{} daddr", family_keyword(*f)),
-        Expr::L4Proto => "meta l4proto".to_owned(),
-        Expr::Dport => "th dport".to_owned(),
-        Expr::Mark => "meta mark".to_owned(),
-        Expr::MarkAnd(m) => format!("meta mark & 0x{m:08x}"),
-        Expr::CtState => "ct state".to_owned(),
-        Expr::CtStatus => "ct status".to_owned(),
-        Expr::FibAddrType { saddr: true } => "fib saddr type".to_owned(),
-        Expr::FibAddrType { saddr: false } => "fib daddr type".to_owned(),
-        Expr::Numgen { modulus, offset: 0 } => format!("numgen random mod {modulus}"),
-        Expr::Numgen { modulus, offset } => format!("numgen random mod {modulus} offset {offset}"),
-        Expr::Concat(es) => es.iter().map(render_expr).collect::<Vec<_>>().join(" . "),
-    }
-}
-
-fn render_value(v: &Value, hex: bool) -> String {
-    match v {
-        Value::Addr(a) => a.to_string(),
-        Value::Prefix(p) => p.to_string(),
-        Value::Proto(p) => p.to_string(),
-        Value::Port(p) => p.to_string(),
-        Value::Int(i) if hex => format!("0x{i:08x}"),
-        Value::Int(i) => i.to_string(),
-        Value::CtStateNew => "new".to_owned(),
-        Value::CtStatusDnat => "dnat".to_owned(),
-        Value::FibLocal => "local".to_owned(),
-        Value::Concat(vs) => vs
-            .iter()
-            .map(|v| render_value(v, hex))
-            .collect::<Vec<_>>()
-            .join(" . "),
-    }
-}
-
 fn render_key(key: &Key) -> String {
     key.iter()
         .map(|c| {
             c.as_ref()
-                .map_or_else(|| "(other)".to_owned(), |v| render_value(v, false))
+                .map_or_else(|| "(other)".to_owned(), render::value_text)
         })
         .collect::<Vec<_>>()
         .join(" . ")
-}
-
-fn render_stmt(s: &Stmt) -> String {
-    match s {
-        Stmt::Match { left, op, right } => {
-            let l = render_expr(left);
-            let hex = matches!(left, Expr::Mark | Expr::MarkAnd(_));
-            let r = match right {
-                MatchRight::Value(v) => render_value(v, hex),
-                MatchRight::Set(n) => format!("@{n}"),
-                MatchRight::AnonSet(vs) => format!(
-                    "{{ {} }}",
-                    vs.iter()
-                        .map(|v| render_value(v, hex))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            };
-            match op {
-                MatchOp::Eq if hex && matches!(right, MatchRight::Value(_)) => {
-                    format!("{l} == {r}")
-                }
-                MatchOp::Eq => format!("{l} {r}"),
-                MatchOp::Ne => format!("{l} != {r}"),
-            }
-        }
-        Stmt::Verdict(v) => v.to_string(),
-        Stmt::Vmap { key, map } => {
-            let m = match map {
-                MapRef::Named(n) => format!("@{n}"),
-                MapRef::Anon(entries) => format!(
-                    "{{ {} }}",
-                    entries
-                        .iter()
-                        .map(|(k, v)| format!("{} : {v}", render_value(k, false)))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            };
-            format!("{} vmap {m}", render_expr(key))
-        }
-        Stmt::SetMark(MarkOp::Or(bits)) => format!("meta mark set meta mark | 0x{bits:08x}"),
-        Stmt::SetMark(MarkOp::Xor(bits)) => format!("meta mark set meta mark ^ 0x{bits:08x}"),
-        Stmt::SetUpdate { set, key, timeout } => {
-            let t = timeout
-                .map(|t| format!(" timeout {t}s"))
-                .unwrap_or_default();
-            format!("update @{set} {{ {}{t} }}", render_expr(key))
-        }
-        Stmt::DnatMap {
-            key,
-            addr_map,
-            port_map,
-        } => {
-            let k = render_expr(key);
-            format!("dnat to {k} map @{addr_map} : {k} map @{port_map}")
-        }
-        Stmt::Masquerade { fully_random: true } => "masquerade fully-random".to_owned(),
-        Stmt::Masquerade {
-            fully_random: false,
-        } => "masquerade".to_owned(),
-        Stmt::Reject => "reject".to_owned(),
-    }
-}
-
-fn render_rule(rule: &Rule) -> String {
-    let mut s = rule
-        .stmts
-        .iter()
-        .map(render_stmt)
-        .collect::<Vec<_>>()
-        .join(" ");
-    if let Some(c) = &rule.comment {
-        s.push_str(&format!(" comment \"{c}\""));
-    }
-    s
 }
 
 #[cfg(test)]
