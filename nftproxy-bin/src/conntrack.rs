@@ -5,10 +5,10 @@
 //! still DNAT a service port to a removed UDP endpoint, and the entries to a UDP service port that
 //! had no endpoints before (those packets were never DNATed and would keep missing the new rules).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use nftproxy_core::compile::{names, RemovedElement};
+use nftproxy_core::compile::{names, removed_elements, RemovedElement};
 use nftproxy_core::ruleset::{ElemData, Value};
 use nftproxy_core::snapshot::{IpFamily, Protocol};
 use nftproxy_core::Ruleset;
@@ -45,109 +45,40 @@ impl Flush {
     }
 }
 
-/// UDP service key (IPv6?, `Some(vip)` or `None` for a NodePort, the port) → endpoint addresses.
-type UdpBackends = BTreeMap<(bool, Option<IpAddr>, u16), BTreeSet<IpAddr>>;
-
-fn udp_backends(ruleset: &Ruleset) -> UdpBackends {
-    let mut out = UdpBackends::new();
-    for (family, table) in &ruleset.tables {
-        let v6 = *family == IpFamily::V6;
-        for (name, set) in &table.sets {
-            let is_slot =
-                name.ends_with("-addr") && (name.starts_with("ep-") || name.starts_with("np-ep-"));
-            if !is_slot {
-                continue;
-            }
-            for (key, data) in &set.elements {
-                let Some(ElemData::Addr(ep)) = data else {
-                    continue;
-                };
-                let service = match key.as_slice() {
-                    [Value::Addr(vip), Value::Proto(Protocol::Udp), Value::Port(p)] => {
-                        (v6, Some(*vip), *p)
-                    }
-                    [Value::Proto(Protocol::Udp), Value::Port(p)] => (v6, None, *p),
-                    _ => continue,
-                };
-                out.entry(service).or_default().insert(*ep);
-            }
-        }
-    }
-    out
-}
-
-fn udp_without_endpoints(ruleset: &Ruleset) -> BTreeSet<(bool, Option<IpAddr>, u16)> {
-    let mut out = BTreeSet::new();
-    for (family, table) in &ruleset.tables {
-        let v6 = *family == IpFamily::V6;
-        for name in [names::NO_ENDPOINT_SERVICES, names::NO_ENDPOINT_NODEPORTS] {
-            let Some(set) = table.sets.get(name) else {
-                continue;
-            };
-            for key in set.elements.keys() {
-                match key.as_slice() {
-                    [Value::Addr(vip), Value::Proto(Protocol::Udp), Value::Port(p)] => {
-                        out.insert((v6, Some(*vip), *p));
-                    }
-                    [Value::Proto(Protocol::Udp), Value::Port(p)] => {
-                        out.insert((v6, None, *p));
-                    }
-                    _ => {}
-                }
-            }
-        }
-    }
-    out
-}
-
 /// The conntrack entries to delete after moving the kernel from `old` to `new`.
 pub fn stale_flows(old: &Ruleset, new: &Ruleset) -> Vec<Flush> {
-    let before = udp_backends(old);
-    let after = udp_backends(new);
-    let mut out = BTreeSet::new();
-    for (svc, eps) in &before {
-        let still = after.get(svc);
-        for ep in eps {
-            if !still.is_some_and(|s| s.contains(ep)) {
-                out.insert(Flush {
-                    ipv6: svc.0,
-                    orig_dst: svc.1,
-                    port: svc.2,
-                    dnat_to: Some(*ep),
-                });
-            }
-        }
-    }
-    // Ports that had no endpoints (their packets were not DNATed) and now do.
-    let empty_after = udp_without_endpoints(new);
-    for svc in udp_without_endpoints(old) {
-        if !empty_after.contains(&svc) && after.contains_key(&svc) {
-            out.insert(Flush {
-                ipv6: svc.0,
-                orig_dst: svc.1,
-                port: svc.2,
-                dnat_to: None,
-            });
-        }
-    }
-    out.into_iter().collect()
+    stale_flows_removed(&removed_elements(old, new), new)
 }
 
 fn is_slot_addr_map(name: &str) -> bool {
     name.ends_with("-addr") && (name.starts_with("ep-") || name.starts_with("np-ep-"))
 }
 
-/// Does any endpoint slot of this key in `ruleset` still send it to `ep`?
-fn still_backs(ruleset: &Ruleset, family: IpFamily, key: &[Value], ep: IpAddr) -> bool {
+fn in_set(ruleset: &Ruleset, family: IpFamily, set: &str, key: &[Value]) -> bool {
+    ruleset
+        .tables
+        .get(&family)
+        .and_then(|t| t.sets.get(set))
+        .is_some_and(|s| s.elements.contains_key(key))
+}
+
+/// Does any endpoint slot of this key in `ruleset` send it to `ep` (or, with `None`, anywhere)?
+fn still_backs(ruleset: &Ruleset, family: IpFamily, key: &[Value], ep: Option<IpAddr>) -> bool {
     ruleset.tables.get(&family).is_some_and(|t| {
         t.sets.iter().any(|(name, set)| {
-            is_slot_addr_map(name) && set.elements.get(key) == Some(&Some(ElemData::Addr(ep)))
+            is_slot_addr_map(name)
+                && match (set.elements.get(key), ep) {
+                    (Some(Some(ElemData::Addr(a))), Some(ep)) => *a == ep,
+                    (Some(_), None) => true,
+                    _ => false,
+                }
         })
     })
 }
 
 /// The conntrack entries to delete after an incremental update that removed `removed` and
-/// produced `new`: the same rules as [`stale_flows`], without walking the whole ruleset.
+/// produced `new`, without walking the whole ruleset: removed UDP endpoints, and UDP ports that
+/// left the no-endpoint maps and have endpoints now (their packets were not DNATed before).
 pub fn stale_flows_removed(removed: &[RemovedElement], new: &Ruleset) -> Vec<Flush> {
     let mut out = BTreeSet::new();
     for r in removed {
@@ -159,7 +90,7 @@ pub fn stale_flows_removed(removed: &[RemovedElement], new: &Ruleset) -> Vec<Flu
         };
         if is_slot_addr_map(&r.set) {
             if let Some(ElemData::Addr(ep)) = r.data {
-                if !still_backs(new, r.family, &r.key, ep) {
+                if !still_backs(new, r.family, &r.key, Some(ep)) {
                     out.insert(Flush {
                         ipv6,
                         orig_dst: service.0,
@@ -168,7 +99,10 @@ pub fn stale_flows_removed(removed: &[RemovedElement], new: &Ruleset) -> Vec<Flu
                     });
                 }
             }
-        } else if r.set == names::NO_ENDPOINT_SERVICES || r.set == names::NO_ENDPOINT_NODEPORTS {
+        } else if (r.set == names::NO_ENDPOINT_SERVICES || r.set == names::NO_ENDPOINT_NODEPORTS)
+            && !in_set(new, r.family, &r.set, &r.key)
+            && still_backs(new, r.family, &r.key, None)
+        {
             out.insert(Flush {
                 ipv6,
                 orig_dst: service.0,

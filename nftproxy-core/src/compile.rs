@@ -103,7 +103,7 @@ pub mod names {
 use names::*;
 
 pub mod incremental;
-pub use incremental::{IncrementalCompiler, RemovedElement};
+pub use incremental::{removed_elements, IncrementalCompiler, RemovedElement};
 
 /// Where a key lives: VIP keys (`daddr . l4proto . dport`) or NodePort keys (`l4proto . dport`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

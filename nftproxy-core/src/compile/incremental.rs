@@ -536,24 +536,31 @@ impl IncrementalCompiler {
         self.signature = self.structure_signature();
         self.node = Some(ctx);
         let tx = plan::plan(&old, &full);
-        for (f, table) in &old.tables {
-            for (name, set) in &table.sets {
-                let new = full.tables.get(f).and_then(|t| t.sets.get(name));
-                for (key, data) in &set.elements {
-                    if new.and_then(|n| n.elements.get(key)) != Some(data) {
-                        self.removed.push(RemovedElement {
-                            family: *f,
-                            set: name.clone(),
-                            key: key.clone(),
-                            data: data.clone(),
-                        });
-                    }
-                }
-            }
-        }
+        self.removed = removed_elements(&old, &full);
         self.ruleset = full;
         tx
     }
+}
+
+/// The elements of `old` that `new` lacks or holds with other data, with their data in `old`.
+pub fn removed_elements(old: &Ruleset, new: &Ruleset) -> Vec<RemovedElement> {
+    let mut out = Vec::new();
+    for (f, table) in &old.tables {
+        for (name, set) in &table.sets {
+            let new_set = new.tables.get(f).and_then(|t| t.sets.get(name));
+            for (key, data) in &set.elements {
+                if new_set.and_then(|n| n.elements.get(key)) != Some(data) {
+                    out.push(RemovedElement {
+                        family: *f,
+                        set: name.clone(),
+                        key: key.clone(),
+                        data: data.clone(),
+                    });
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Adjusts reference counts; returns whether any key appeared or disappeared.
