@@ -216,7 +216,7 @@ impl IncrementalCompiler {
             let skel_tx = plan::plan(&self.skeleton, &skeleton);
             for op in &skel_tx.ops {
                 if let Op::DeleteSet { table, set } = op {
-                    let family = table_family(table);
+                    let family = table.family;
                     let kept = skeleton
                         .tables
                         .get(&family)
@@ -580,10 +580,6 @@ fn bump<K: Ord>(counts: &mut BTreeMap<K, u32>, keys: impl Iterator<Item = K>, up
         }
     }
     changed
-}
-
-fn table_family(t: &TableRef) -> IpFamily {
-    t.family
 }
 
 /// The slices of the named services, in slice name order.
