@@ -41,6 +41,8 @@
 
 pub mod compile;
 pub mod config;
+pub mod conntrack;
+pub mod engine;
 pub mod fake;
 pub mod parse;
 pub mod plan;
@@ -52,6 +54,7 @@ pub mod trace;
 
 pub use compile::{compile, CompileError, Compiled};
 pub use config::ProxyConfig;
+pub use engine::{Action, Engine, Event, Object, ResourceKind, SyncTiming};
 pub use ruleset::Ruleset;
 pub use snapshot::Snapshot;
 

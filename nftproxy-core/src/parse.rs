@@ -21,6 +21,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1 as corev1;
 use k8s_openapi::api::discovery::v1 as discoveryv1;
+use k8s_openapi::api::networking::v1 as networkingv1;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::Value;
@@ -167,6 +169,90 @@ pub fn parse_snapshot(input: &str) -> Result<ParsedSnapshot, ParseError> {
         parsed.add_object(object, position + 1)?;
     }
     Ok(parsed)
+}
+
+/// Converts a typed Service (as a watch delivers it) into the validated type. Namespace `default`
+/// is assumed when `metadata.namespace` is unset, as in [`parse_snapshot`].
+pub fn service_from_k8s(service: &corev1::Service) -> Result<Service, ParseError> {
+    let name = object_name(&service.metadata, "service")?;
+    let label = format!("service {name}");
+    convert_service(service.clone(), name, &label)
+}
+
+/// Converts a typed EndpointSlice; endpoints with unusable addresses are dropped and reported as
+/// warnings.
+pub fn endpoint_slice_from_k8s(
+    slice: &discoveryv1::EndpointSlice,
+) -> Result<(EndpointSlice, Vec<Warning>), ParseError> {
+    let name = object_name(&slice.metadata, "endpointslice")?;
+    let label = format!("endpointslice {name}");
+    let mut parsed = ParsedSnapshot::default();
+    let slice = parsed.convert_slice(slice.clone(), name, &label)?;
+    Ok((slice, parsed.warnings))
+}
+
+/// Converts a typed Node; unparsable addresses are dropped and reported as warnings.
+pub fn node_from_k8s(node: &corev1::Node) -> Result<(Node, Vec<Warning>), ParseError> {
+    let name = node
+        .metadata
+        .name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ParseError::MissingName {
+            kind: "node".to_owned(),
+            index: 1,
+        })?;
+    let label = format!("node {name}");
+    let mut parsed = ParsedSnapshot::default();
+    let node = parsed.convert_node(node.clone(), name, &label)?;
+    Ok((node, parsed.warnings))
+}
+
+/// Converts a typed ServiceCIDR (`networking.k8s.io/v1`) into its name and CIDRs.
+pub fn service_cidr_from_k8s(
+    cidr: &networkingv1::ServiceCIDR,
+) -> Result<(String, Vec<IpNet>), ParseError> {
+    let name = cidr
+        .metadata
+        .name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ParseError::MissingName {
+            kind: "servicecidr".to_owned(),
+            index: 1,
+        })?;
+    let label = format!("servicecidr {name}");
+    let cidrs = cidr
+        .spec
+        .as_ref()
+        .and_then(|s| s.cidrs.as_ref())
+        .map(|list| {
+            list.iter()
+                .enumerate()
+                .map(|(i, c)| cidr_field(&label, &format!("spec.cidrs[{i}]"), c))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()?
+        .unwrap_or_default();
+    Ok((name, cidrs))
+}
+
+/// `namespace/name` of a namespaced object from its metadata.
+fn object_name(metadata: &ObjectMeta, kind: &str) -> Result<ObjectName, ParseError> {
+    let name = metadata
+        .name
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ParseError::MissingName {
+            kind: kind.to_owned(),
+            index: 1,
+        })?;
+    let namespace = metadata
+        .namespace
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .unwrap_or(DEFAULT_NAMESPACE);
+    Ok(ObjectName::new(namespace, name))
 }
 
 /// Splits the input into documents: JSON (one or more concatenated values) if it starts like

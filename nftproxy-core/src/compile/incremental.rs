@@ -171,7 +171,7 @@ impl IncrementalCompiler {
             families.insert(IpFamily::V6);
         }
         if self.conflicted || self.node.as_ref() != Some(&ctx) || self.families != families {
-            return Ok(self.rebuild(snapshot, ctx, families));
+            return self.rebuild(snapshot, ctx, families);
         }
         self.v6_services = v6_services;
         let names: BTreeSet<ObjectName> = match changed {
@@ -204,7 +204,7 @@ impl IncrementalCompiler {
             if let Some(new) = new {
                 match self.add(&new, &mut delta) {
                     Ok(changed) => structure_changed |= changed,
-                    Err(Conflict) => return Ok(self.rebuild(snapshot, ctx, families)),
+                    Err(Conflict) => return self.rebuild(snapshot, ctx, families),
                 }
                 self.services.insert(name.clone(), new);
             }
@@ -223,7 +223,7 @@ impl IncrementalCompiler {
                         .is_some_and(|t| t.sets.contains_key(&set.name));
                     if kept {
                         // A redefined set loses its elements: not worth a special case.
-                        return Ok(self.rebuild(snapshot, ctx, families));
+                        return self.rebuild(snapshot, ctx, families);
                     }
                     deleted_sets.insert((family, set.name.clone()));
                 }
@@ -448,6 +448,14 @@ impl IncrementalCompiler {
             if before == after {
                 continue;
             }
+            if let Some(data) = before {
+                self.removed.push(RemovedElement {
+                    family: *f,
+                    set: set.clone(),
+                    key: key.clone(),
+                    data: data.clone(),
+                });
+            }
             let gone = deleted_sets.contains(&(*f, set.clone()));
             if before.is_some() && !gone {
                 deletes
@@ -500,7 +508,7 @@ impl IncrementalCompiler {
         snapshot: &Snapshot,
         ctx: NodeContext,
         families: BTreeSet<IpFamily>,
-    ) -> Transaction {
+    ) -> Result<Transaction, CompileError> {
         let old = std::mem::take(&mut self.ruleset);
         self.services.clear();
         self.elems.clear();
@@ -510,12 +518,17 @@ impl IncrementalCompiler {
         self.families = families;
         self.conflicted = false;
         self.v6_services = self.all_v6_services(snapshot);
-        let compiled = super::compile(snapshot, &self.config);
-        let (full, warnings) = match compiled {
-            Ok(c) => (c.ruleset, c.warnings),
-            // The config was checked in `new`; compile cannot fail on anything else.
-            Err(_) => (Ruleset::default(), Vec::new()),
+        let compiled = match super::compile(snapshot, &self.config) {
+            Ok(c) => c,
+            Err(e) => {
+                // Never turn a compile error into an empty ruleset (whose transaction would
+                // delete every service): keep the old one and report.
+                self.ruleset = old;
+                self.node = None;
+                return Err(e);
+            }
         };
+        let (full, warnings) = (compiled.ruleset, compiled.warnings);
         self.warnings = warnings;
         let all: BTreeSet<ObjectName> = snapshot.services.keys().cloned().collect();
         let slices = slices_of(snapshot, &all);
@@ -538,7 +551,7 @@ impl IncrementalCompiler {
         let tx = plan::plan(&old, &full);
         self.removed = removed_elements(&old, &full);
         self.ruleset = full;
-        tx
+        Ok(tx)
     }
 }
 
