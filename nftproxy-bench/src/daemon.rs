@@ -1,17 +1,16 @@
-//! The long-running proxy's path: an in-process [`Syncer`] that keeps the compiled state in
-//! memory and is told which services changed (as a watch event stream tells it), applying the same
-//! sequence of changes as the CLI measurement, in its own fresh namespace.
+//! The long-running proxy's path: the in-process proxy engine, which keeps the snapshot and the
+//! compiled state in memory and recompiles only what changed, driven against the kernel with the
+//! same sequence of changes as the CLI measurement, in its own fresh namespace.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use nftproxy_bin::nft::{Backend, Nft};
-use nftproxy_bin::sync::{SyncReport, Syncer};
+use nftproxy_bin::sync::{drive, Driven, Kernel};
+use nftproxy_core::engine::ResourceKind;
 use nftproxy_core::parse::parse_snapshot;
-use nftproxy_core::snapshot::{EndpointSlice, ObjectName};
-use nftproxy_core::{ProxyConfig, Snapshot};
+use nftproxy_core::{Engine, ProxyConfig, Snapshot, SyncTiming};
 use serde::Serialize;
 
 use crate::netns::Netns;
@@ -30,14 +29,23 @@ pub(crate) struct DaemonStep {
 }
 
 impl DaemonStep {
-    fn new(change: &str, r: &SyncReport, wall_ms: f64) -> Self {
-        Self {
+    fn new(change: &str, d: &Driven, wall_ms: f64) -> Result<Self> {
+        // No action at all: nothing differed (the engine sends nothing).
+        let ops = match d.report() {
+            None if d.actions.is_empty() => 0,
+            None => bail!("{change}: the engine did not finish a sync"),
+            Some(r) => match &r.error {
+                Some(e) => bail!("{change}: sync failed: {e}"),
+                None => r.ops,
+            },
+        };
+        Ok(Self {
             change: change.to_owned(),
-            ops: r.ops,
-            compile_plan_ms: r.compile_plan.as_secs_f64() * 1e3,
-            apply_ms: r.apply.as_secs_f64() * 1e3,
+            ops,
+            compile_plan_ms: d.engine_time.as_secs_f64() * 1e3,
+            apply_ms: d.apply_time().as_secs_f64() * 1e3,
             wall_ms,
-        }
+        })
     }
 }
 
@@ -45,35 +53,6 @@ fn load(path: &Path) -> Result<Snapshot> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     Ok(parse_snapshot(&text)?.snapshot)
-}
-
-/// Services whose Service object or EndpointSlices differ between two snapshots (what a watch
-/// would report).
-fn changed_services(a: &Snapshot, b: &Snapshot) -> Vec<ObjectName> {
-    fn slices(s: &Snapshot) -> BTreeMap<ObjectName, Vec<&EndpointSlice>> {
-        let mut out: BTreeMap<ObjectName, Vec<&EndpointSlice>> = BTreeMap::new();
-        for slice in s.slices.values() {
-            if let Some(svc) = &slice.service_name {
-                out.entry(ObjectName::new(slice.name.namespace.clone(), svc.clone()))
-                    .or_default()
-                    .push(slice);
-            }
-        }
-        out
-    }
-    let (sa, sb) = (slices(a), slices(b));
-    let names: BTreeSet<&ObjectName> = a
-        .services
-        .keys()
-        .chain(b.services.keys())
-        .chain(sa.keys())
-        .chain(sb.keys())
-        .collect();
-    names
-        .into_iter()
-        .filter(|n| a.services.get(*n) != b.services.get(*n) || sa.get(*n) != sb.get(*n))
-        .cloned()
-        .collect()
 }
 
 /// Full sync of `base`, then each step with only its changed services.
@@ -88,23 +67,40 @@ pub(crate) fn measure(
         cluster_cidrs: vec!["10.0.0.0/8".parse()?],
         ..ProxyConfig::default()
     };
-    let mut syncer = Syncer::new(config, Nft::in_netns(&ns.name), Backend::Json)?;
-    let mut prev = load(base)?;
+    let kernel = Kernel {
+        nft: Nft::in_netns(&ns.name),
+        backend: Backend::Json,
+        table: config.table_name.clone(),
+    };
+    let timing = SyncTiming {
+        min_sync_period: Duration::ZERO,
+        ..SyncTiming::default()
+    };
+    let kinds = [
+        ResourceKind::Service,
+        ResourceKind::EndpointSlice,
+        ResourceKind::Node,
+    ];
+    let mut engine = Engine::new(config, timing, &kinds, Instant::now())?;
     let start = Instant::now();
-    let report = syncer.sync(&prev, None)?;
-    let full = DaemonStep::new("full sync", &report, start.elapsed().as_secs_f64() * 1e3);
+    engine.replace_snapshot(load(base)?, Instant::now());
+    let full = DaemonStep::new(
+        "full sync",
+        &drive(&mut engine, &kernel),
+        start.elapsed().as_secs_f64() * 1e3,
+    )?;
     let mut out = Vec::new();
     for (change, path) in steps {
         let next = load(path)?;
-        let changed = changed_services(&prev, &next);
+        // The snapshot hand-over (diffing objects) is what a watch event does; not timed.
+        engine.replace_snapshot(next, Instant::now());
         let start = Instant::now();
-        let report = syncer.sync(&next, Some(&changed))?;
+        let driven = drive(&mut engine, &kernel);
         out.push(DaemonStep::new(
             change,
-            &report,
+            &driven,
             start.elapsed().as_secs_f64() * 1e3,
-        ));
-        prev = next;
+        )?);
     }
     Ok((full, out))
 }

@@ -116,7 +116,7 @@ pub fn apply(table: &str, desired: &Ruleset, opts: &ApplyOptions) -> Result<()> 
         return Ok(());
     }
     send(&nft, backend, &tx)?;
-    let flows = conntrack::stale_flows(&current, desired);
+    let flows = nftproxy_core::conntrack::stale_flows(&current, desired);
     let flushed = conntrack::flush(&nft, &flows);
     println!(
         "applied {} operations ({} elements, {} rules) with the {} backend{}",

@@ -1,106 +1,138 @@
-//! Keeping the kernel in step with a changing cluster, as a long-running proxy does.
+//! Carrying out the proxy engine's actions against the kernel.
 //!
-//! A [`Syncer`] keeps the compiled ruleset in memory ([`IncrementalCompiler`]) and assumes the
-//! kernel holds what it last sent, so a sync costs what changed: recompile the changed services,
-//! send their element changes. The first sync, and the first after a failure, reads our tables
-//! back from the kernel and sends the full difference (a resync).
+//! [`nftproxy_core::Engine`] decides what to do; [`Kernel`] does it in the current (or a named)
+//! network namespace with nft and conntrack: read our tables back, send a transaction, delete
+//! stale conntrack entries. [`drive`] runs every due action in order, which is what a
+//! synchronous caller (the benchmark, tests) needs; the daemon calls [`Kernel::execute`] from its
+//! event loop.
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
-use nftproxy_core::compile::IncrementalCompiler;
-use nftproxy_core::plan;
-use nftproxy_core::snapshot::ObjectName;
-use nftproxy_core::{ProxyConfig, Snapshot};
+use nftproxy_core::engine::{Action, SyncReport};
+use nftproxy_core::Engine;
 
 use crate::apply::{read_current, send};
 use crate::conntrack;
 use crate::nft::{Backend, Nft};
 
-/// What one sync did.
+/// Our tables in one network namespace, reached through nft.
+#[derive(Debug, Clone)]
+pub struct Kernel {
+    /// How nft is run (binary, namespace).
+    pub nft: Nft,
+    /// JSON or text input.
+    pub backend: Backend,
+    /// Our table name.
+    pub table: String,
+}
+
+/// What carrying out one action took.
+#[derive(Debug, Clone)]
+pub struct Executed {
+    /// Which action: `read-back`, `apply` or `conntrack`.
+    pub what: &'static str,
+    /// Time spent in nft or conntrack.
+    pub duration: Duration,
+    /// Time the engine took to take the result (after a read-back: compiling and planning).
+    pub engine: Duration,
+    /// The finished sync, for `apply`.
+    pub report: Option<SyncReport>,
+}
+
+impl Kernel {
+    /// Carries out `action` and reports its result to `engine`.
+    pub fn execute(&self, engine: &mut Engine, action: Action) -> Executed {
+        let start = Instant::now();
+        match action {
+            Action::ReadBack => {
+                let r = read_current(&self.nft, &self.table).map_err(|e| format!("{e:#}"));
+                let duration = start.elapsed();
+                let cb = Instant::now();
+                engine.readback_done(r, Instant::now());
+                let engine_time = cb.elapsed();
+                Executed {
+                    what: "read-back",
+                    duration,
+                    engine: engine_time,
+                    report: None,
+                }
+            }
+            Action::Apply(a) => {
+                let r = send(&self.nft, self.backend, &a.transaction).map_err(|e| format!("{e:#}"));
+                let duration = start.elapsed();
+                let cb = Instant::now();
+                let report = engine.apply_done(r, Instant::now());
+                let engine_time = cb.elapsed();
+                Executed {
+                    what: "apply",
+                    duration,
+                    engine: engine_time,
+                    report,
+                }
+            }
+            Action::DeleteConntrack(flows) => {
+                let n = conntrack::flush(&self.nft, &flows);
+                let duration = start.elapsed();
+                let cb = Instant::now();
+                engine.conntrack_done(Ok(n), Instant::now());
+                let engine_time = cb.elapsed();
+                Executed {
+                    what: "conntrack",
+                    duration,
+                    engine: engine_time,
+                    report: None,
+                }
+            }
+            other => {
+                tracing::warn!("unknown engine action {other:?}; ignored");
+                Executed {
+                    what: "unknown",
+                    duration: Duration::ZERO,
+                    engine: Duration::ZERO,
+                    report: None,
+                }
+            }
+        }
+    }
+}
+
+/// One [`drive`] run: the actions carried out, and the time spent deciding them (compiling and
+/// planning inside [`Engine::poll`] and the result callbacks, i.e. everything but nft).
 #[derive(Debug, Clone, Default)]
-pub struct SyncReport {
-    /// nft operations sent (0: nothing changed).
-    pub ops: usize,
-    /// Elements added or deleted.
-    pub elements: usize,
-    /// Whether this sync read the kernel's state back (first sync or after a failure).
-    pub resync: bool,
-    /// Time to compile the change and plan the transaction.
-    pub compile_plan: Duration,
-    /// Time nft took to apply it.
-    pub apply: Duration,
-    /// conntrack filters run for stale UDP flows.
-    pub conntrack_flushes: usize,
+pub struct Driven {
+    /// The actions, in order.
+    pub actions: Vec<Executed>,
+    /// Time in the engine.
+    pub engine_time: Duration,
 }
 
-/// Incremental synchronisation of one node's ruleset.
-#[derive(Debug)]
-pub struct Syncer {
-    compiler: IncrementalCompiler,
-    nft: Nft,
-    backend: Backend,
-    table: String,
-    in_sync: bool,
+impl Driven {
+    /// The last finished sync among the actions.
+    pub fn report(&self) -> Option<&SyncReport> {
+        self.actions.iter().rev().find_map(|a| a.report.as_ref())
+    }
+
+    /// Time spent in nft applying transactions.
+    pub fn apply_time(&self) -> Duration {
+        self.actions
+            .iter()
+            .filter(|a| a.what == "apply")
+            .map(|a| a.duration)
+            .sum()
+    }
 }
 
-impl Syncer {
-    /// A syncer that will resync from the kernel on its first [`sync`](Self::sync).
-    pub fn new(config: ProxyConfig, nft: Nft, backend: Backend) -> Result<Self> {
-        let table = config.table_name.clone();
-        Ok(Self {
-            compiler: IncrementalCompiler::new(config)?,
-            nft,
-            backend,
-            table,
-            in_sync: false,
-        })
-    }
-
-    /// The ruleset the kernel holds after the last successful sync.
-    pub fn ruleset(&self) -> &nftproxy_core::Ruleset {
-        self.compiler.ruleset()
-    }
-
-    /// Moves the kernel to `snapshot`. With `changed`, only those services are recompiled (the
-    /// caller promises nothing else changed, as a watch event stream tells).
-    pub fn sync(
-        &mut self,
-        snapshot: &Snapshot,
-        changed: Option<&[ObjectName]>,
-    ) -> Result<SyncReport> {
+/// Carries out every action that is due now, until the engine has nothing more to do.
+pub fn drive(engine: &mut Engine, kernel: &Kernel) -> Driven {
+    let mut out = Driven::default();
+    loop {
         let start = Instant::now();
-        let resync = !self.in_sync;
-        let tx = if resync {
-            self.compiler.update(snapshot, None)?;
-            let current =
-                read_current(&self.nft, &self.table).context("resync: reading our tables back")?;
-            plan::plan(&current, self.compiler.ruleset())
-        } else {
-            self.compiler.update(snapshot, changed)?
-        };
-        let compile_plan = start.elapsed();
-        let mut report = SyncReport {
-            ops: tx.len(),
-            elements: tx.element_count(),
-            resync,
-            compile_plan,
-            ..SyncReport::default()
-        };
-        if tx.is_empty() {
-            self.in_sync = true;
-            return Ok(report);
-        }
-        let start = Instant::now();
-        if let Err(e) = send(&self.nft, self.backend, &tx) {
-            self.in_sync = false;
-            return Err(e);
-        }
-        report.apply = start.elapsed();
-        self.in_sync = true;
-        let flows =
-            conntrack::stale_flows_removed(self.compiler.removed(), self.compiler.ruleset());
-        report.conntrack_flushes = conntrack::flush(&self.nft, &flows);
-        Ok(report)
+        let action = engine.poll(start);
+        out.engine_time += start.elapsed();
+        let Some(action) = action else { break };
+        let executed = kernel.execute(engine, action);
+        out.engine_time += executed.engine;
+        out.actions.push(executed);
     }
+    out
 }

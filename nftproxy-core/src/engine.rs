@@ -446,8 +446,8 @@ impl Engine {
                 }
             }
             Event::InitDone(kind) => {
-                let relist = self.relists.remove(&kind).unwrap_or_default();
-                self.swap(kind, relist, now);
+                let mut relist = self.relists.remove(&kind).unwrap_or_default();
+                self.swap(kind, &mut relist, now);
                 if self.listed.insert(kind) && self.is_initialized() {
                     // The first sync happens at once, whatever changed.
                     self.other_dirty = true;
@@ -456,6 +456,27 @@ impl Engine {
             }
         }
         warnings
+    }
+
+    /// Replaces the whole cluster view with an already validated snapshot (for embedders that
+    /// keep their own), as if every kind had been relisted: only services whose objects differ
+    /// are recompiled, and the engine counts as initialized.
+    pub fn replace_snapshot(&mut self, snapshot: Snapshot, now: Instant) {
+        self.see(now);
+        let kinds: Vec<ResourceKind> = self.watched.iter().copied().collect();
+        let relist = Relist {
+            services: snapshot.services,
+            slices: snapshot.slices,
+            nodes: snapshot.nodes,
+            cidrs: self.service_cidrs.clone(),
+        };
+        self.swap_all(relist, now);
+        for kind in kinds {
+            if self.listed.insert(kind) && self.is_initialized() {
+                self.other_dirty = true;
+                self.mark_pending(now);
+            }
+        }
     }
 
     /// What to do next, or `None` when nothing is due (then call again at
@@ -869,8 +890,20 @@ impl Engine {
         self.mark_pending(now);
     }
 
+    /// Replaces every kind's objects with the relist's.
+    fn swap_all(&mut self, mut relist: Relist, now: Instant) {
+        for kind in [
+            ResourceKind::Service,
+            ResourceKind::EndpointSlice,
+            ResourceKind::Node,
+            ResourceKind::ServiceCidr,
+        ] {
+            self.swap(kind, &mut relist, now);
+        }
+    }
+
     /// Replaces every object of `kind` with a relist's, marking only real changes.
-    fn swap(&mut self, kind: ResourceKind, relist: Relist, now: Instant) {
+    fn swap(&mut self, kind: ResourceKind, relist: &mut Relist, now: Instant) {
         match kind {
             ResourceKind::Service => {
                 let gone: Vec<ObjectName> = self
@@ -883,7 +916,7 @@ impl Engine {
                 for name in gone {
                     self.set_service(name, None, now);
                 }
-                for (name, s) in relist.services {
+                for (name, s) in std::mem::take(&mut relist.services) {
                     self.set_service(name, Some(s), now);
                 }
             }
@@ -898,7 +931,7 @@ impl Engine {
                 for name in gone {
                     self.set_slice(name, None, now);
                 }
-                for (name, s) in relist.slices {
+                for (name, s) in std::mem::take(&mut relist.slices) {
                     self.set_slice(name, Some(s), now);
                 }
             }
@@ -917,7 +950,7 @@ impl Engine {
                 for name in gone {
                     self.set_cidr(name, None, now);
                 }
-                for (name, c) in relist.cidrs {
+                for (name, c) in std::mem::take(&mut relist.cidrs) {
                     self.set_cidr(name, Some(c), now);
                 }
             }
