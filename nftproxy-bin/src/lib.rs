@@ -1,9 +1,10 @@
-//! The kernel side of nftproxy: running nft, probing its capabilities, applying transactions,
-//! flushing stale conntrack entries, and [`sync::Syncer`], which keeps the compiled state in
-//! memory and sends only what changed (what a long-running proxy does on every sync).
+//! The IO side of nftproxy: running nft, probing its capabilities, applying transactions,
+//! flushing stale conntrack entries, carrying out the proxy engine's actions ([`sync`]), and the
+//! `nftproxy run` daemon that watches the API server ([`run`]).
 
 pub mod apply;
 pub mod conntrack;
 pub mod nft;
 pub mod probe;
+pub mod run;
 pub mod sync;

@@ -11,7 +11,7 @@ use nftproxy_core::trace;
 
 mod input;
 
-use nftproxy_bin::{apply, nft, probe};
+use nftproxy_bin::{apply, nft, probe, run};
 
 use input::InputArgs;
 
@@ -79,6 +79,133 @@ enum Command {
     },
     /// Show what the installed nft supports and which backend would be used.
     Probe,
+    /// Run the node proxy: watch the API server and keep this node's rules in step (flags as
+    /// kube-proxy's; flags override the --config file).
+    Run(RunArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// A KubeProxyConfiguration file (as kube-proxy's ConfigMap mounts it).
+    #[arg(long, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
+    /// kubeconfig to reach the API server (default: clientConnection.kubeconfig, else in-cluster,
+    /// else $KUBECONFIG / ~/.kube/config).
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<std::path::PathBuf>,
+    /// The API server's URL (overrides the kubeconfig's).
+    #[arg(long, value_name = "URL")]
+    master: Option<String>,
+    /// This node's name (the Node object, and endpoints' nodeName).
+    #[arg(long, value_name = "NAME")]
+    hostname_override: Option<String>,
+    /// Cluster (pod) CIDRs, comma-separated (dual-stack: one per family).
+    #[arg(long, value_name = "CIDRS", value_delimiter = ',')]
+    cluster_cidr: Vec<ipnet::IpNet>,
+    /// CIDRs whose node addresses answer NodePorts, comma-separated (default: the node's
+    /// primary IPs; 0.0.0.0/0 for every local address).
+    #[arg(long, value_name = "CIDRS", value_delimiter = ',')]
+    nodeport_addresses: Vec<String>,
+    /// Masquerade all traffic to service IPs.
+    #[arg(long)]
+    masquerade_all: bool,
+    /// Health server address (healthzBindAddress).
+    #[arg(long, value_name = "ADDR")]
+    healthz_bind_address: Option<String>,
+    /// Metrics server address (metricsBindAddress).
+    #[arg(long, value_name = "ADDR")]
+    metrics_bind_address: Option<String>,
+    /// Least time between syncs, e.g. 1s (nftables.minSyncPeriod).
+    #[arg(long, value_name = "DURATION")]
+    min_sync_period: Option<String>,
+    /// Retry interval after a failed sync, e.g. 30s (nftables.syncPeriod).
+    #[arg(long, value_name = "DURATION")]
+    sync_period: Option<String>,
+    /// How to talk to nft (default: JSON if the installed nft accepts our ruleset, else text).
+    #[arg(long, value_enum)]
+    backend: Option<nft::Backend>,
+    /// Take over from kube-proxy: once our rules are in place, delete kube-proxy's `ip` and
+    /// `ip6 kube-proxy` tables (nftables mode).
+    #[arg(long)]
+    cleanup_kube_proxy: bool,
+    /// Log verbosity as kube-proxy's -v: 0-2 info, 3-4 debug, 5+ trace (NFTPROXY_LOG overrides).
+    #[arg(short = 'v', long = "v", value_name = "N", default_value_t = 0)]
+    verbosity: u8,
+}
+
+impl RunArgs {
+    fn options(self) -> Result<run::RunOptions> {
+        use anyhow::Context;
+        use nftproxy_core::parse::{parse_daemon_config, parse_duration, DaemonConfig};
+        let mut config = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config {}", path.display()))?;
+                parse_daemon_config(&text)
+                    .with_context(|| format!("invalid config {}", path.display()))?
+            }
+            None => DaemonConfig::default(),
+        };
+        if let Some(name) = self.hostname_override {
+            config.proxy.node_name = name.trim().to_ascii_lowercase();
+        }
+        if !self.cluster_cidr.is_empty() {
+            config.proxy.cluster_cidrs = self.cluster_cidr.iter().map(|c| c.trunc()).collect();
+        }
+        if !self.nodeport_addresses.is_empty() {
+            if self.nodeport_addresses.iter().any(|a| a == "primary") {
+                anyhow::ensure!(
+                    self.nodeport_addresses.len() == 1,
+                    "--nodeport-addresses: \"primary\" cannot be combined with cidrs"
+                );
+                config.proxy.node_port_addresses.clear();
+            } else {
+                config.proxy.node_port_addresses = self
+                    .nodeport_addresses
+                    .iter()
+                    .map(|a| {
+                        a.parse::<ipnet::IpNet>()
+                            .map(|n| n.trunc())
+                            .with_context(|| format!("--nodeport-addresses: {a:?} is not a cidr"))
+                    })
+                    .collect::<Result<_>>()?;
+            }
+        }
+        if self.masquerade_all {
+            config.proxy.masquerade_all = true;
+        }
+        if let Some(a) = self.healthz_bind_address {
+            config.healthz_bind_address = a;
+        }
+        if let Some(a) = self.metrics_bind_address {
+            config.metrics_bind_address = a;
+        }
+        for (flag, value, slot) in [
+            (
+                "--min-sync-period",
+                &self.min_sync_period,
+                &mut config.timing.min_sync_period,
+            ),
+            (
+                "--sync-period",
+                &self.sync_period,
+                &mut config.timing.sync_period,
+            ),
+        ] {
+            if let Some(v) = value {
+                *slot = parse_duration(v).with_context(|| {
+                    format!("{flag}: {v:?} is not a valid duration (e.g. 30s, 1m0s, 500ms)")
+                })?;
+            }
+        }
+        Ok(run::RunOptions {
+            config,
+            kubeconfig: self.kubeconfig,
+            master: self.master,
+            backend: self.backend,
+            cleanup_kube_proxy: self.cleanup_kube_proxy,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -173,22 +300,37 @@ fn run(cli: Cli) -> Result<()> {
             }
             println!("default backend: {}", caps.choose(None)?.as_str());
         }
+        Command::Run(args) => run::run(args.options()?)?,
     }
     Ok(())
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
+    let cli = Cli::parse();
+    let default_level = match &cli.command {
+        Command::Run(a) if a.verbosity >= 5 => "trace",
+        Command::Run(a) if a.verbosity >= 3 => "debug",
+        _ => "info",
+    };
+    let timestamps = matches!(cli.command, Command::Run(_));
+    let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_target(false)
-        .without_time()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("NFTPROXY_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    match run(Cli::parse()) {
+            tracing_subscriber::EnvFilter::try_from_env("NFTPROXY_LOG").unwrap_or_else(|_| {
+                // Our messages at the chosen level; libraries' only when they warn.
+                tracing_subscriber::EnvFilter::new(format!(
+                    "warn,nftproxy={default_level},nftproxy_bin={default_level},nftproxy_core={default_level}"
+                ))
+            }),
+        );
+    if timestamps {
+        builder.init();
+    } else {
+        builder.without_time().init();
+    }
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -2,14 +2,14 @@
 //!
 //! [`nftproxy_core::Engine`] decides what to do; [`Kernel`] does it in the current (or a named)
 //! network namespace with nft and conntrack: read our tables back, send a transaction, delete
-//! stale conntrack entries. [`drive`] runs every due action in order, which is what a
-//! synchronous caller (the benchmark, tests) needs; the daemon calls [`Kernel::execute`] from its
-//! event loop.
+//! stale conntrack entries. [`Kernel::perform`] is the IO alone (so an async driver can run it on
+//! a blocking thread) and [`Outcome::report`] hands its result to the engine; [`drive`] runs every
+//! due action in order, which is what a synchronous caller (the benchmark, tests) needs.
 
 use std::time::{Duration, Instant};
 
 use nftproxy_core::engine::{Action, SyncReport};
-use nftproxy_core::Engine;
+use nftproxy_core::{Engine, Ruleset};
 
 use crate::apply::{read_current, send};
 use crate::conntrack;
@@ -26,6 +26,48 @@ pub struct Kernel {
     pub table: String,
 }
 
+/// The result of one action's IO.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Our tables, or why they could not be read.
+    ReadBack(Result<Ruleset, String>),
+    /// Whether the transaction was committed.
+    Apply(Result<(), String>),
+    /// conntrack filters run.
+    Conntrack(Result<usize, String>),
+    /// An action this driver does not know (the engine may grow new ones).
+    Unknown,
+}
+
+impl Outcome {
+    /// `read-back`, `apply` or `conntrack`.
+    pub fn what(&self) -> &'static str {
+        match self {
+            Self::ReadBack(_) => "read-back",
+            Self::Apply(_) => "apply",
+            Self::Conntrack(_) => "conntrack",
+            Self::Unknown => "unknown",
+        }
+    }
+
+    /// Hands the result to the engine; returns the finished sync, for an apply.
+    pub fn report(self, engine: &mut Engine) -> Option<SyncReport> {
+        let now = Instant::now();
+        match self {
+            Self::ReadBack(r) => {
+                engine.readback_done(r, now);
+                None
+            }
+            Self::Apply(r) => engine.apply_done(r, now),
+            Self::Conntrack(r) => {
+                engine.conntrack_done(r, now);
+                None
+            }
+            Self::Unknown => None,
+        }
+    }
+}
+
 /// What carrying out one action took.
 #[derive(Debug, Clone)]
 pub struct Executed {
@@ -40,58 +82,38 @@ pub struct Executed {
 }
 
 impl Kernel {
-    /// Carries out `action` and reports its result to `engine`.
-    pub fn execute(&self, engine: &mut Engine, action: Action) -> Executed {
-        let start = Instant::now();
+    /// Does the IO of `action`.
+    pub fn perform(&self, action: Action) -> Outcome {
         match action {
-            Action::ReadBack => {
-                let r = read_current(&self.nft, &self.table).map_err(|e| format!("{e:#}"));
-                let duration = start.elapsed();
-                let cb = Instant::now();
-                engine.readback_done(r, Instant::now());
-                let engine_time = cb.elapsed();
-                Executed {
-                    what: "read-back",
-                    duration,
-                    engine: engine_time,
-                    report: None,
-                }
-            }
-            Action::Apply(a) => {
-                let r = send(&self.nft, self.backend, &a.transaction).map_err(|e| format!("{e:#}"));
-                let duration = start.elapsed();
-                let cb = Instant::now();
-                let report = engine.apply_done(r, Instant::now());
-                let engine_time = cb.elapsed();
-                Executed {
-                    what: "apply",
-                    duration,
-                    engine: engine_time,
-                    report,
-                }
-            }
+            Action::ReadBack => Outcome::ReadBack(
+                read_current(&self.nft, &self.table).map_err(|e| format!("{e:#}")),
+            ),
+            Action::Apply(a) => Outcome::Apply(
+                send(&self.nft, self.backend, &a.transaction).map_err(|e| format!("{e:#}")),
+            ),
             Action::DeleteConntrack(flows) => {
-                let n = conntrack::flush(&self.nft, &flows);
-                let duration = start.elapsed();
-                let cb = Instant::now();
-                engine.conntrack_done(Ok(n), Instant::now());
-                let engine_time = cb.elapsed();
-                Executed {
-                    what: "conntrack",
-                    duration,
-                    engine: engine_time,
-                    report: None,
-                }
+                Outcome::Conntrack(Ok(conntrack::flush(&self.nft, &flows)))
             }
             other => {
                 tracing::warn!("unknown engine action {other:?}; ignored");
-                Executed {
-                    what: "unknown",
-                    duration: Duration::ZERO,
-                    engine: Duration::ZERO,
-                    report: None,
-                }
+                Outcome::Unknown
             }
+        }
+    }
+
+    /// Carries out `action` and reports its result to `engine`.
+    pub fn execute(&self, engine: &mut Engine, action: Action) -> Executed {
+        let start = Instant::now();
+        let outcome = self.perform(action);
+        let duration = start.elapsed();
+        let what = outcome.what();
+        let start = Instant::now();
+        let report = outcome.report(engine);
+        Executed {
+            what,
+            duration,
+            engine: start.elapsed(),
+            report,
         }
     }
 }

@@ -14,7 +14,10 @@
 
 mod proxy_config;
 
-pub use proxy_config::{parse_config, validate_table_name, ConfigError};
+pub use proxy_config::{
+    parse_config, parse_daemon_config, parse_duration, validate_table_name, ConfigError,
+    DaemonConfig,
+};
 
 use std::net::IpAddr;
 

@@ -6,11 +6,13 @@
 //! nftproxy's own settings live under a top-level `nftproxy:` key.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::Deserialize;
 
 use super::parse_cidr;
 use crate::config::{DetectLocal, ProxyConfig};
+use crate::engine::SyncTiming;
 
 const API_VERSION: &str = "kubeproxy.config.k8s.io/v1alpha1";
 const KIND: &str = "KubeProxyConfiguration";
@@ -21,16 +23,13 @@ const MAX_TABLE_NAME: usize = 64;
 const IGNORED_FIELDS: &[&str] = &[
     "bindAddress",
     "bindAddressHardFail",
-    "clientConnection",
     "configSyncPeriod",
     "conntrack",
     "enableProfiling",
     "featureGates",
-    "healthzBindAddress",
     "iptables",
     "ipvs",
     "logging",
-    "metricsBindAddress",
     "minSyncPeriod",
     "mode",
     "oomScoreAdj",
@@ -105,6 +104,14 @@ pub enum ConfigError {
         /// The accepted values.
         expected: &'static str,
     },
+    /// A duration that does not parse (Go syntax: `30s`, `1m0s`, `500ms`).
+    #[error("{field}: {value:?} is not a valid duration (e.g. 30s, 1m0s, 500ms)")]
+    InvalidDuration {
+        /// The field.
+        field: String,
+        /// The offending value.
+        value: String,
+    },
     /// A table name that is not a valid nftables identifier.
     #[error("invalid table name {name:?}: {reason}")]
     InvalidTableName {
@@ -131,6 +138,9 @@ struct KubeProxyConfiguration {
     #[serde(rename = "detectLocal")]
     _detect_local: Option<serde_yaml::Value>,
     nftproxy: Option<Nftproxy>,
+    client_connection: Option<ClientConnection>,
+    healthz_bind_address: Option<String>,
+    metrics_bind_address: Option<String>,
     /// Everything else; checked against [`IGNORED_FIELDS`].
     #[serde(flatten)]
     other: BTreeMap<String, serde_yaml::Value>,
@@ -142,10 +152,51 @@ struct KubeProxyConfiguration {
 struct Nftables {
     masquerade_bit: Option<i64>,
     masquerade_all: Option<bool>,
-    #[serde(rename = "syncPeriod")]
-    _sync_period: Option<serde_yaml::Value>,
-    #[serde(rename = "minSyncPeriod")]
-    _min_sync_period: Option<serde_yaml::Value>,
+    sync_period: Option<String>,
+    min_sync_period: Option<String>,
+}
+
+/// `clientConnection:`; only `kubeconfig` is used.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ClientConnection {
+    kubeconfig: Option<String>,
+    #[serde(rename = "acceptContentTypes")]
+    _accept_content_types: Option<serde_yaml::Value>,
+    #[serde(rename = "contentType")]
+    _content_type: Option<serde_yaml::Value>,
+    #[serde(rename = "qps")]
+    _qps: Option<serde_yaml::Value>,
+    #[serde(rename = "burst")]
+    _burst: Option<serde_yaml::Value>,
+}
+
+/// A whole `KubeProxyConfiguration` as the daemon uses it: the compiler's part and the
+/// long-running proxy's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonConfig {
+    /// What the compiler needs.
+    pub proxy: ProxyConfig,
+    /// `nftables.minSyncPeriod` / `syncPeriod` (1 s / 30 s by default).
+    pub timing: SyncTiming,
+    /// `healthzBindAddress` (default `0.0.0.0:10256`).
+    pub healthz_bind_address: String,
+    /// `metricsBindAddress` (default `127.0.0.1:10249`).
+    pub metrics_bind_address: String,
+    /// `clientConnection.kubeconfig`, if set.
+    pub kubeconfig: Option<String>,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            proxy: ProxyConfig::default(),
+            timing: SyncTiming::default(),
+            healthz_bind_address: "0.0.0.0:10256".to_owned(),
+            metrics_bind_address: "127.0.0.1:10249".to_owned(),
+            kubeconfig: None,
+        }
+    }
 }
 
 /// `nftproxy:`, our extensions.
@@ -161,6 +212,11 @@ struct Nftproxy {
 /// Unset fields keep their [`ProxyConfig::default`] values. `hostnameOverride` is trimmed and
 /// lowercased as kube-proxy does; CIDRs have their host bits cleared.
 pub fn parse_config(input: &str) -> Result<ProxyConfig, ConfigError> {
+    parse_daemon_config(input).map(|c| c.proxy)
+}
+
+/// Reads a `KubeProxyConfiguration` with the daemon's settings too (see [`DaemonConfig`]).
+pub fn parse_daemon_config(input: &str) -> Result<DaemonConfig, ConfigError> {
     let doc: KubeProxyConfiguration = serde_yaml::from_str(input).map_err(ConfigError::Decode)?;
 
     let api_version = doc.api_version.unwrap_or_default();
@@ -240,7 +296,77 @@ pub fn parse_config(input: &str) -> Result<ProxyConfig, ConfigError> {
         config.table_name = name;
     }
     config.service_proxy_name = nftproxy.service_proxy_name.filter(|name| !name.is_empty());
-    Ok(config)
+
+    let mut daemon = DaemonConfig {
+        proxy: config,
+        ..DaemonConfig::default()
+    };
+    if let Some(d) = nftables.sync_period.as_deref().filter(|d| !d.is_empty()) {
+        daemon.timing.sync_period = duration_field("nftables.syncPeriod", d)?;
+    }
+    if let Some(d) = nftables
+        .min_sync_period
+        .as_deref()
+        .filter(|d| !d.is_empty())
+    {
+        daemon.timing.min_sync_period = duration_field("nftables.minSyncPeriod", d)?;
+    }
+    if let Some(a) = doc.healthz_bind_address.filter(|a| !a.is_empty()) {
+        daemon.healthz_bind_address = a;
+    }
+    if let Some(a) = doc.metrics_bind_address.filter(|a| !a.is_empty()) {
+        daemon.metrics_bind_address = a;
+    }
+    daemon.kubeconfig = doc
+        .client_connection
+        .and_then(|c| c.kubeconfig)
+        .filter(|k| !k.is_empty());
+    Ok(daemon)
+}
+
+fn duration_field(field: &str, value: &str) -> Result<Duration, ConfigError> {
+    parse_duration(value).ok_or_else(|| ConfigError::InvalidDuration {
+        field: field.to_owned(),
+        value: value.to_owned(),
+    })
+}
+
+/// A Go duration (`30s`, `1m0s`, `1h`, `500ms`, `1.5s`, `0`), as Kubernetes configs write them.
+pub fn parse_duration(input: &str) -> Option<Duration> {
+    let s = input.trim();
+    if s == "0" {
+        return Some(Duration::ZERO);
+    }
+    let mut rest = s;
+    let mut total = 0f64;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if num_len == 0 {
+            return None;
+        }
+        let value: f64 = rest[..num_len].parse().ok()?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total += value * scale;
+    }
+    Duration::try_from_secs_f64(total).ok()
 }
 
 /// Checks that `name` can be used as our nftables table name: `[A-Za-z][A-Za-z0-9_-]*`, at most
@@ -459,5 +585,41 @@ winkernel:
         for bad in ["", "1abc", "-a", "a b", "a.b", "ä", &"a".repeat(65)] {
             assert!(validate_table_name(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn daemon_settings() {
+        let d = parse_daemon_config(&format!(
+            "{HEADER}nftables: {{syncPeriod: 1m0s, minSyncPeriod: 500ms}}\n\
+             healthzBindAddress: 127.0.0.1:10256\nmetricsBindAddress: \"\"\n\
+             clientConnection: {{kubeconfig: /var/lib/kube-proxy/kubeconfig.conf, qps: 5}}\n"
+        ))
+        .unwrap();
+        assert_eq!(d.timing.sync_period, Duration::from_secs(60));
+        assert_eq!(d.timing.min_sync_period, Duration::from_millis(500));
+        assert_eq!(d.healthz_bind_address, "127.0.0.1:10256");
+        assert_eq!(d.metrics_bind_address, "127.0.0.1:10249");
+        assert_eq!(
+            d.kubeconfig.as_deref(),
+            Some("/var/lib/kube-proxy/kubeconfig.conf")
+        );
+        let e = parse_daemon_config(&format!("{HEADER}nftables: {{syncPeriod: soon}}\n"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "nftables.syncPeriod: \"soon\" is not a valid duration (e.g. 30s, 1m0s, 500ms)"
+        );
+    }
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(parse_duration("1h0m0s"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("0"), Some(Duration::ZERO));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration(""), None);
+        assert_eq!(parse_duration("5"), None);
+        assert_eq!(parse_duration("5x"), None);
     }
 }
