@@ -7,4 +7,5 @@ pub mod conntrack;
 pub mod nft;
 pub mod probe;
 pub mod run;
+pub mod serve;
 pub mod sync;

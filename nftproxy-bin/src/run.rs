@@ -19,6 +19,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::ServiceCIDR;
 use kube::api::ListParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::runtime::watcher::{self, watcher};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client};
@@ -30,6 +31,7 @@ use tokio::sync::mpsc;
 
 use crate::nft::{Backend, Nft};
 use crate::probe;
+use crate::serve::{self, ServiceHealthServers, Shared, SharedState};
 use crate::sync::Kernel;
 
 /// kube-proxy's label selector for Services and EndpointSlices without a serviceProxyName.
@@ -246,6 +248,36 @@ async fn run_async(opts: RunOptions) -> Result<()> {
     }
     let mut engine = Engine::new(config.proxy.clone(), config.timing, &kinds, Instant::now())?;
 
+    let shared: SharedState = std::sync::Arc::new(std::sync::Mutex::new(Shared::new(
+        config.timing.sync_period * 2,
+        configz(config),
+    )));
+    for (addr, what, start) in [
+        (&config.healthz_bind_address, "health", true),
+        (&config.metrics_bind_address, "metrics", false),
+    ] {
+        if addr.is_empty() {
+            continue;
+        }
+        let started = if start {
+            serve::start_health(addr, shared.clone()).await
+        } else {
+            serve::start_metrics(addr, shared.clone()).await
+        };
+        // The proxy matters more than its probes: keep going without the server.
+        if let Err(e) = started {
+            tracing::error!("{what} server not started: {e:#}");
+        }
+    }
+    let mut health_servers = ServiceHealthServers::default();
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "nftproxy".into(),
+            instance: Some(config.proxy.node_name.clone()),
+        },
+    );
+
     let selector = match &config.proxy.service_proxy_name {
         None => DEFAULT_SELECTOR.to_owned(),
         Some(name) => {
@@ -301,15 +333,24 @@ async fn run_async(opts: RunOptions) -> Result<()> {
         let stats = engine.stats();
         if stats.syncs + stats.sync_failures != finished_syncs {
             finished_syncs = stats.syncs + stats.sync_failures;
-            if let Some(r) = engine.last_sync() {
-                log_sync(r);
-                if !took_over && r.error.is_none() {
-                    let nft = nft.clone();
-                    tokio::task::spawn_blocking(move || remove_kube_proxy_tables(&nft)).await?;
-                    took_over = true;
+            if let Some(r) = engine.last_sync().cloned() {
+                log_sync(&r);
+                lock(&shared).metrics.observe_sync(&r, &engine.families());
+                if r.error.is_none() {
+                    if !took_over {
+                        let nft = nft.clone();
+                        tokio::task::spawn_blocking(move || remove_kube_proxy_tables(&nft)).await?;
+                        took_over = true;
+                    }
+                    let wanted = engine.health_check_services();
+                    let addrs = health_check_addresses(&engine);
+                    for f in health_servers.sync(&wanted, &addrs, &shared).await {
+                        report_listen_failure(&recorder, &config.proxy.node_name, &f).await;
+                    }
                 }
             }
         }
+        lock(&shared).refresh(&engine);
         let deadline = engine.poll_timeout();
         tokio::select! {
             event = rx.recv() => {
@@ -319,6 +360,7 @@ async fn run_async(opts: RunOptions) -> Result<()> {
                 while let Ok(event) = rx.try_recv() {
                     handle(&mut engine, event);
                 }
+                lock(&shared).refresh(&engine);
                 if !initialized && engine.is_initialized() {
                     initialized = true;
                     let s = engine.snapshot();
@@ -340,6 +382,98 @@ async fn run_async(opts: RunOptions) -> Result<()> {
                 return Ok(());
             }
         }
+    }
+}
+
+fn lock(state: &SharedState) -> std::sync::MutexGuard<'_, Shared> {
+    // A panic while holding the lock leaves plain data behind; keep using it.
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `/configz`: the effective configuration, in KubeProxyConfiguration field names.
+fn configz(c: &DaemonConfig) -> serde_json::Value {
+    let p = &c.proxy;
+    serde_json::json!({
+        "hostnameOverride": p.node_name,
+        "clusterCIDR": p.cluster_cidrs.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(","),
+        "nodePortAddresses": p.node_port_addresses.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+        "mode": "nftables",
+        "detectLocalMode": match p.detect_local {
+            nftproxy_core::config::DetectLocal::NodeCidr => "NodeCIDR",
+            _ => "ClusterCIDR",
+        },
+        "healthzBindAddress": c.healthz_bind_address,
+        "metricsBindAddress": c.metrics_bind_address,
+        "nftables": {
+            "masqueradeBit": p.masquerade_bit,
+            "masqueradeAll": p.masquerade_all,
+            "syncPeriod": format!("{}s", c.timing.sync_period.as_secs_f64()),
+            "minSyncPeriod": format!("{}s", c.timing.min_sync_period.as_secs_f64()),
+        },
+        "nftproxy": {
+            "tableName": p.table_name,
+            "serviceProxyName": p.service_proxy_name,
+        },
+    })
+}
+
+/// Where healthCheckNodePort servers listen: the node addresses NodePorts answer on, or every
+/// address when nodePortAddresses matches all (kube-proxy's rule).
+fn health_check_addresses(engine: &Engine) -> Vec<std::net::IpAddr> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let config = engine.config();
+    let match_all: Vec<IpAddr> = config
+        .node_port_addresses
+        .iter()
+        .filter(|n| n.prefix_len() == 0)
+        .map(|n| match n {
+            ipnet::IpNet::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            ipnet::IpNet::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        })
+        .collect();
+    if !match_all.is_empty() {
+        return match_all;
+    }
+    let node_ips = nftproxy_core::compile::node_addresses(engine.snapshot(), config);
+    let picked: Vec<IpAddr> = if config.node_port_addresses.is_empty() {
+        node_ips
+    } else {
+        node_ips
+            .into_iter()
+            .filter(|ip| config.node_port_addresses.iter().any(|n| n.contains(ip)))
+            .collect()
+    };
+    if picked.is_empty() {
+        vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)]
+    } else {
+        picked
+    }
+}
+
+/// kube-proxy's Event for a healthCheckNodePort that cannot be bound.
+async fn report_listen_failure(recorder: &Recorder, node: &str, f: &serve::ListenFailure) {
+    let reference = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Service".into()),
+        namespace: Some(f.service.namespace.clone()),
+        name: Some(f.service.name.clone()),
+        ..Default::default()
+    };
+    let event = kube::runtime::events::Event {
+        type_: EventType::Warning,
+        reason: "FailedToStartServiceHealthcheck".into(),
+        note: Some(format!(
+            "node {node} failed to start healthcheck \"{}\" on port {}: {}",
+            f.service, f.port, f.error
+        )),
+        action: "Listen".into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&event, &reference).await {
+        tracing::warn!(
+            "could not record an event for {:?}: {e}",
+            f.service.to_string()
+        );
     }
 }
 

@@ -1473,6 +1473,7 @@ mod tests {
             session_affinity_timeout: None,
             service_proxy_name: None,
             traffic_distribution: None,
+            health_check_node_port: None,
         };
         let slice = EndpointSlice {
             name: ObjectName::new("default", "fw-1"),

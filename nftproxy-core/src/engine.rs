@@ -42,7 +42,10 @@ use crate::conntrack::{self, StaleFlow};
 use crate::parse;
 use crate::plan::{self, Transaction};
 use crate::ruleset::Ruleset;
-use crate::snapshot::{EndpointSlice, IpFamily, Node, ObjectName, Service, Snapshot, Warning};
+use crate::snapshot::{
+    EndpointSlice, IpFamily, Node, ObjectName, Service, ServiceType, Snapshot, TrafficPolicy,
+    Warning,
+};
 
 /// How often the engine syncs (kube-proxy's `nftables.minSyncPeriod` / `syncPeriod`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,6 +199,21 @@ pub struct SyncReport {
     pub error: Option<String>,
     /// Services whose changes this sync carried.
     pub services: usize,
+    /// `endpoints.kubernetes.io/last-change-trigger-time` annotations of the EndpointSlice changes
+    /// this sync carried (RFC 3339), for kube-proxy's network programming latency.
+    pub trigger_times: Vec<String>,
+}
+
+/// A Service with a `healthCheckNodePort` that this node must answer for (kube-proxy's
+/// `HealthCheckNodePorts()` with `LocalReadyEndpoints()`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheckService {
+    /// The Service.
+    pub name: ObjectName,
+    /// `spec.healthCheckNodePort`.
+    pub port: u16,
+    /// Ready endpoints on this node.
+    pub local_endpoints: usize,
 }
 
 /// Why an engine could not be created.
@@ -231,6 +249,10 @@ pub struct Stats {
     pub endpoint_changes: u64,
     /// Services waiting for a sync (gauge).
     pub services_pending: u64,
+    /// Service changes not yet carried by a sync (gauge).
+    pub service_changes_pending: u64,
+    /// EndpointSlice changes not yet carried by a sync (gauge).
+    pub endpoint_changes_pending: u64,
     /// Syncs that succeeded.
     pub syncs: u64,
     /// Full syncs that succeeded.
@@ -289,6 +311,9 @@ pub struct Engine {
     pending_since: Option<Instant>,
     /// Oldest change carried by the sync in flight.
     in_flight_since: Option<Instant>,
+    /// Trigger times of slice changes not yet carried by a sync, and of the sync in flight.
+    triggers: Vec<String>,
+    in_flight_triggers: Vec<String>,
     need_full: bool,
     in_flight: Option<InFlight>,
     /// A full transaction planned after a read-back, to hand out at the next poll.
@@ -331,6 +356,8 @@ impl Engine {
             other_dirty: false,
             pending_since: None,
             in_flight_since: None,
+            triggers: Vec::new(),
+            in_flight_triggers: Vec::new(),
             need_full: true,
             in_flight: None,
             staged: None,
@@ -643,6 +670,93 @@ impl Engine {
         }
     }
 
+    /// Services this node answers health checks for, with their ready local endpoints.
+    pub fn health_check_services(&self) -> Vec<HealthCheckService> {
+        let mut out = Vec::new();
+        for svc in self.snapshot.services.values() {
+            let Some(port) = svc.health_check_node_port else {
+                continue;
+            };
+            if svc.service_proxy_name != self.config.service_proxy_name || svc.is_headless() {
+                continue;
+            }
+            out.push(HealthCheckService {
+                name: svc.name.clone(),
+                port,
+                local_endpoints: self.local_endpoints(svc, |e| e.ready).len(),
+            });
+        }
+        out
+    }
+
+    /// Services with a Local traffic policy and no usable (serving) endpoint on this node, per
+    /// family: `(family, internal, external)` counts, kube-proxy's
+    /// `sync_proxy_rules_no_local_endpoints_total`.
+    pub fn no_local_endpoints(&self) -> Vec<(IpFamily, u64, u64)> {
+        let mut out = Vec::new();
+        for family in self.families() {
+            let (mut internal, mut external) = (0, 0);
+            for svc in self.snapshot.services.values() {
+                if svc.service_proxy_name != self.config.service_proxy_name
+                    || !svc.cluster_ips.iter().any(|ip| IpFamily::of(ip) == family)
+                {
+                    continue;
+                }
+                let external_local = svc.external_traffic_policy == TrafficPolicy::Local
+                    && (svc.service_type != ServiceType::ClusterIp || !svc.external_ips.is_empty());
+                let internal_local = svc.internal_traffic_policy == TrafficPolicy::Local;
+                if !external_local && !internal_local {
+                    continue;
+                }
+                let none = self
+                    .local_endpoints(svc, |e| e.serving)
+                    .iter()
+                    .all(|a| IpFamily::of(a) != family);
+                if none && internal_local {
+                    internal += 1;
+                }
+                if none && external_local {
+                    external += 1;
+                }
+            }
+            out.push((family, internal, external));
+        }
+        out
+    }
+
+    /// Addresses of the service's endpoints on this node that pass `usable`.
+    fn local_endpoints(
+        &self,
+        svc: &Service,
+        usable: impl Fn(&crate::snapshot::Endpoint) -> bool,
+    ) -> BTreeSet<std::net::IpAddr> {
+        let mut local = BTreeSet::new();
+        let slices = self.snapshot.slices.range(
+            ObjectName::new(svc.name.namespace.clone(), String::new())
+                ..ObjectName::new(format!("{}\0", svc.name.namespace), String::new()),
+        );
+        for (_, slice) in slices {
+            if slice.service_name.as_deref() != Some(svc.name.name.as_str()) {
+                continue;
+            }
+            for e in &slice.endpoints {
+                if usable(e) && e.node_name.as_deref() == Some(self.config.node_name.as_str()) {
+                    local.insert(e.address);
+                }
+            }
+        }
+        local
+    }
+
+    /// Whether this node may get load-balancer traffic (kube-proxy's `nodeEligible`): its Node
+    /// object is known and neither being deleted nor tainted `ToBeDeletedByClusterAutoscaler`.
+    pub fn node_eligible(&self) -> bool {
+        self.snapshot
+            .nodes
+            .get(&self.config.node_name)
+            .is_some_and(|n| !n.draining)
+    }
+
     fn see(&mut self, now: Instant) {
         self.latest_now = self.latest_now.max(now);
     }
@@ -657,6 +771,9 @@ impl Engine {
         self.dirty.clear();
         self.other_dirty = false;
         self.in_flight_since = self.pending_since.take();
+        self.in_flight_triggers = std::mem::take(&mut self.triggers);
+        self.stats.service_changes_pending = 0;
+        self.stats.endpoint_changes_pending = 0;
         n
     }
 
@@ -712,6 +829,7 @@ impl Engine {
             duration: now.saturating_duration_since(started),
             error: None,
             services,
+            trigger_times: std::mem::take(&mut self.in_flight_triggers),
         });
     }
 
@@ -735,6 +853,9 @@ impl Engine {
         self.retry_at = Some(now + self.timing.sync_period);
         self.last_sync_end = Some(now);
         self.stats.sync_failures += 1;
+        let mut triggers = std::mem::take(&mut self.in_flight_triggers);
+        triggers.append(&mut self.triggers);
+        self.triggers = triggers;
         self.last_sync = Some(SyncReport {
             full,
             ops,
@@ -742,6 +863,7 @@ impl Engine {
             duration: now.saturating_duration_since(started),
             error: Some(error),
             services,
+            trigger_times: Vec::new(),
         });
     }
 
@@ -785,7 +907,18 @@ impl Engine {
             }
             Some(Converted::Slice(s)) => {
                 let name = s.name.clone();
-                self.set_slice(name, Some(s), now);
+                let trigger = match &object {
+                    Object::EndpointSlice(o) => o
+                        .metadata
+                        .annotations
+                        .as_ref()
+                        .and_then(|a| a.get(TRIGGER_TIME_ANNOTATION))
+                        .cloned(),
+                    _ => None,
+                };
+                if self.set_slice(name, Some(s), now) {
+                    self.triggers.extend(trigger);
+                }
             }
             Some(Converted::Node(n)) => {
                 let name = n.name.clone();
@@ -836,14 +969,16 @@ impl Engine {
             None => self.snapshot.services.remove(&name),
         };
         self.stats.service_changes += 1;
+        self.stats.service_changes_pending += 1;
         self.dirty.insert(name);
         self.mark_pending(now);
     }
 
-    fn set_slice(&mut self, name: ObjectName, new: Option<EndpointSlice>, now: Instant) {
+    /// Returns whether anything changed.
+    fn set_slice(&mut self, name: ObjectName, new: Option<EndpointSlice>, now: Instant) -> bool {
         let old = self.snapshot.slices.get(&name);
         if old == new.as_ref() {
-            return;
+            return false;
         }
         let owner = |s: &EndpointSlice| {
             s.service_name
@@ -860,10 +995,12 @@ impl Engine {
             None => self.snapshot.slices.remove(&name),
         };
         self.stats.endpoint_changes += 1;
+        self.stats.endpoint_changes_pending += 1;
         if !owners.is_empty() {
             self.dirty.extend(owners);
             self.mark_pending(now);
         }
+        true
     }
 
     fn set_node(&mut self, name: String, new: Option<Node>, now: Instant) {
@@ -957,6 +1094,9 @@ impl Engine {
         }
     }
 }
+
+/// The EndpointSlice annotation kube-proxy measures network programming latency from.
+pub const TRIGGER_TIME_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
 
 /// An object after validation.
 enum Converted {

@@ -554,11 +554,18 @@ impl ParsedSnapshot {
             .metadata
             .labels
             .and_then(|mut labels| labels.remove("topology.kubernetes.io/zone"));
+        let draining = node.metadata.deletion_timestamp.is_some()
+            || spec
+                .taints
+                .iter()
+                .flatten()
+                .any(|t| t.key == "ToBeDeletedByClusterAutoscaler");
         Ok(Node {
             name,
             addresses,
             zone,
             pod_cidrs,
+            draining,
         })
     }
 }
@@ -636,6 +643,11 @@ fn convert_service(
             node_port,
         });
     }
+
+    let health_check_node_port = match spec.health_check_node_port {
+        None | Some(0) => None,
+        Some(n) => Some(port_number(object, "spec.healthCheckNodePort", n)?),
+    };
 
     let external_ips = spec
         .external_ips
@@ -736,6 +748,7 @@ fn convert_service(
         session_affinity_timeout,
         service_proxy_name: labels.remove("service.kubernetes.io/service-proxy-name"),
         traffic_distribution: spec.traffic_distribution,
+        health_check_node_port,
     })
 }
 

@@ -1379,6 +1379,7 @@ mod tests {
             session_affinity_timeout: None,
             service_proxy_name: None,
             traffic_distribution: None,
+            health_check_node_port: None,
         }
     }
 

@@ -2552,6 +2552,7 @@ mod tests {
                     "10.0.1.0/24".parse().unwrap(),
                     "fd00::1:0/112".parse().unwrap(),
                 ],
+                draining: false,
             },
         );
         for (i, spec) in services.iter().enumerate() {
@@ -2612,6 +2613,7 @@ mod tests {
                     session_affinity_timeout: spec.affinity,
                     service_proxy_name: None,
                     traffic_distribution: None,
+                    health_check_node_port: None,
                 },
             );
             for family in &spec.families {

@@ -153,6 +153,8 @@ pub struct Service {
     pub service_proxy_name: Option<String>,
     /// `spec.trafficDistribution`, if set (informational: the proxy follows EndpointSlice hints).
     pub traffic_distribution: Option<String>,
+    /// `spec.healthCheckNodePort` (LoadBalancer services with `externalTrafficPolicy: Local`).
+    pub health_check_node_port: Option<u16>,
 }
 
 impl Service {
@@ -244,6 +246,9 @@ pub struct Node {
     pub zone: Option<String>,
     /// `spec.podCIDRs` (or `spec.podCIDR`).
     pub pod_cidrs: Vec<IpNet>,
+    /// Being deleted (`metadata.deletionTimestamp`) or tainted `ToBeDeletedByClusterAutoscaler`:
+    /// kube-proxy's `/healthz` then says the node is not eligible for load-balancer traffic.
+    pub draining: bool,
 }
 
 /// A complete snapshot of what the proxy watches.

@@ -724,6 +724,7 @@ mod tests {
             },
             service_proxy_name: None,
             traffic_distribution: None,
+            health_check_node_port: None,
         }
     }
 
