@@ -117,7 +117,14 @@ pub fn apply(table: &str, desired: &Ruleset, opts: &ApplyOptions) -> Result<()> 
     }
     send(&nft, backend, &tx)?;
     let flows = nftproxy_core::conntrack::stale_flows(&current, desired);
-    let flushed = conntrack::flush(&nft, &flows);
+    let flushed = match conntrack::flush(&nft, &flows) {
+        Ok(n) => n,
+        Err(e) => {
+            // The rules are in place; stale UDP flows only live until they time out.
+            tracing::warn!("deleting stale UDP conntrack entries: {e}");
+            0
+        }
+    };
     println!(
         "applied {} operations ({} elements, {} rules) with the {} backend{}",
         tx.len(),

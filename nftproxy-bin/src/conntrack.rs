@@ -2,7 +2,7 @@
 
 use nftproxy_core::conntrack::StaleFlow;
 
-use crate::nft::Nft;
+use crate::nft::{call_timeout, output_with_timeout, CallError, Nft};
 
 /// `conntrack -D` arguments for one filter.
 pub fn args(f: &StaleFlow) -> Vec<String> {
@@ -20,19 +20,36 @@ pub fn args(f: &StaleFlow) -> Vec<String> {
     a
 }
 
-/// Deletes the entries (in nft's network namespace); returns how many filters were run. A missing `conntrack` tool is a warning.
-pub fn flush(nft: &Nft, flows: &[StaleFlow]) -> usize {
+/// Deletes the entries (in nft's network namespace), one `conntrack -D` call per filter, each
+/// killed after the nft call timeout; returns how many filters ran. Exit status 1 with "0 flow
+/// entries" only means nothing matched; any other failure is an error naming the filter.
+pub fn flush(nft: &Nft, flows: &[StaleFlow]) -> Result<usize, String> {
     let mut n = 0;
     for f in flows {
-        match nft.command("conntrack").args(args(f)).output() {
-            Ok(_) => n += 1, // exit status 1 only means "0 flow entries deleted"
-            Err(e) => {
-                tracing::warn!("cannot run conntrack to delete stale UDP entries: {e}");
-                break;
+        let mut cmd = nft.command("conntrack");
+        cmd.args(args(f));
+        let out = output_with_timeout(cmd, None, call_timeout()).map_err(|e| match e {
+            CallError::Spawn(e) => {
+                format!("cannot run conntrack: {e} (is the conntrack package installed?)")
             }
+            CallError::Timeout(t) => format!(
+                "conntrack {} did not finish within {t:?}",
+                args(f).join(" ")
+            ),
+        })?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let nothing_matched = out.status.code() == Some(1) && stderr.contains("0 flow entries");
+        if !out.status.success() && !nothing_matched {
+            return Err(format!(
+                "conntrack {} failed ({}): {}",
+                args(f).join(" "),
+                out.status,
+                stderr.trim()
+            ));
         }
+        n += 1;
     }
-    n
+    Ok(n)
 }
 
 #[cfg(test)]

@@ -1,7 +1,100 @@
 //! Running `nft`: the libnftables JSON API through `nft -j -f -`, or the text API through `nft -f -`.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::io::{Read, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long an nft or conntrack call may take before it is killed (`$NFTPROXY_NFT_TIMEOUT`,
+/// seconds; default 300, enough for a full load of 100k services).
+pub fn call_timeout() -> Duration {
+    std::env::var("NFTPROXY_NFT_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .unwrap_or(Duration::from_secs(300))
+}
+
+/// Why a child process gave no result.
+#[derive(Debug)]
+pub enum CallError {
+    /// It could not be started.
+    Spawn(std::io::Error),
+    /// It ran longer than allowed and was killed.
+    Timeout(Duration),
+}
+
+/// Runs `cmd` with optional standard input, killing it after `timeout`. Standard output and error
+/// are collected on their own threads, so a large output or input never blocks.
+pub fn output_with_timeout(
+    mut cmd: Command,
+    stdin: Option<&str>,
+    timeout: Duration,
+) -> Result<Output, CallError> {
+    let mut child = cmd
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(CallError::Spawn)?;
+    let reader = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                // A read error leaves what was read; the exit status tells the rest.
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = reader(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err = reader(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let writer = match (stdin, child.stdin.take()) {
+        (Some(input), Some(mut pipe)) => {
+            let input = input.to_owned();
+            // A write error shows up as the child's own failure.
+            Some(std::thread::spawn(move || {
+                let _ = pipe.write_all(input.as_bytes());
+            }))
+        }
+        _ => None,
+    };
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait().map_err(CallError::Spawn)? {
+            Some(status) => break status,
+            None if Instant::now() >= deadline => {
+                // Killing closes its pipes, which ends the reader and writer threads.
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(CallError::Timeout(timeout));
+            }
+            None => std::thread::sleep(Duration::from_millis(2)),
+        }
+    };
+    if let Some(w) = writer {
+        let _ = w.join();
+    }
+    Ok(Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    })
+}
 
 /// How transactions are sent to the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -40,13 +133,31 @@ pub enum NftError {
         /// What nft printed.
         stderr: String,
     },
+    /// `nft` was killed by a signal (crashed).
+    #[error("nft {args} crashed with signal {signal}: {stderr}")]
+    Crashed {
+        /// The arguments.
+        args: String,
+        /// The signal number.
+        signal: i32,
+        /// What nft printed before.
+        stderr: String,
+    },
+    /// `nft` did not finish in time and was killed.
+    #[error("nft {args} did not finish within {timeout:?} and was killed")]
+    Timeout {
+        /// The arguments.
+        args: String,
+        /// The limit.
+        timeout: Duration,
+    },
 }
 
 impl NftError {
     fn stderr(&self) -> &str {
         match self {
-            Self::Failed { stderr, .. } => stderr,
-            Self::Spawn { .. } => "",
+            Self::Failed { stderr, .. } | Self::Crashed { stderr, .. } => stderr,
+            Self::Spawn { .. } | Self::Timeout { .. } => "",
         }
     }
     /// The object did not exist.
@@ -106,37 +217,34 @@ impl Nft {
         }
     }
 
-    /// Runs nft with arguments and optional standard input; returns standard output.
+    /// Runs nft with arguments and optional standard input; returns standard output. The call
+    /// is killed after [`call_timeout`].
     pub fn run(&self, args: &[&str], stdin: Option<&str>) -> Result<String, NftError> {
-        let mut child = self
-            .command(&self.bin)
-            .args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|source| NftError::Spawn {
+        let mut cmd = self.command(&self.bin);
+        cmd.args(args);
+        let out = output_with_timeout(cmd, stdin, call_timeout()).map_err(|e| match e {
+            CallError::Spawn(source) => NftError::Spawn {
                 bin: self.bin.clone(),
                 source,
-            })?;
-        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            // A write error shows up as nft's own failure below.
-            let _ = pipe.write_all(input.as_bytes());
-        }
-        let out = child.wait_with_output().map_err(|source| NftError::Spawn {
-            bin: self.bin.clone(),
-            source,
+            },
+            CallError::Timeout(timeout) => NftError::Timeout {
+                args: args.join(" "),
+                timeout,
+            },
         })?;
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else if let Some(signal) = out.status.signal() {
+            Err(NftError::Crashed {
+                args: args.join(" "),
+                signal,
+                stderr,
+            })
         } else {
             Err(NftError::Failed {
                 args: args.join(" "),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+                stderr,
             })
         }
     }
@@ -163,5 +271,43 @@ impl Nft {
             .find_map(|w| w.strip_prefix('v'))
             .unwrap_or(out.trim())
             .to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hung_child_is_killed_after_the_timeout() {
+        let mut cmd = Command::new("sleep");
+        cmd.arg("30");
+        let start = Instant::now();
+        let r = output_with_timeout(cmd, None, Duration::from_millis(200));
+        assert!(matches!(r, Err(CallError::Timeout(_))));
+        assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn large_input_and_output_do_not_block() {
+        let input = "x".repeat(4 << 20);
+        let out = output_with_timeout(Command::new("cat"), Some(&input), Duration::from_secs(20))
+            .unwrap();
+        assert!(out.status.success());
+        assert_eq!(out.stdout.len(), input.len());
+    }
+
+    #[test]
+    fn crashes_and_timeouts_are_named() {
+        let nft = Nft {
+            bin: "sh".into(),
+            netns: None,
+        };
+        let e = nft.run(&["-c", "kill -SEGV $$"], None).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("nft -c kill -SEGV $$ crashed with signal 11"),
+            "{e}"
+        );
     }
 }

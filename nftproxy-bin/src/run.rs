@@ -328,6 +328,9 @@ async fn run_async(opts: RunOptions) -> Result<()> {
             let outcome = tokio::task::spawn_blocking(move || k.perform(action))
                 .await
                 .context("nft worker thread")?;
+            if let crate::sync::Outcome::Conntrack(Err(e)) = &outcome {
+                tracing::warn!("deleting stale UDP conntrack entries: {e}");
+            }
             outcome.report(&mut engine);
         }
         let stats = engine.stats();

@@ -92,7 +92,7 @@ impl Kernel {
                 send(&self.nft, self.backend, &a.transaction).map_err(|e| format!("{e:#}")),
             ),
             Action::DeleteConntrack(flows) => {
-                Outcome::Conntrack(Ok(conntrack::flush(&self.nft, &flows)))
+                Outcome::Conntrack(conntrack::flush(&self.nft, &flows))
             }
             other => {
                 tracing::warn!("unknown engine action {other:?}; ignored");
