@@ -333,8 +333,33 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", escape_controls(&format!("{e:#}")));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Escapes control characters (newlines, ESC, ...) so that object names in an error can neither
+/// forge log lines nor reach the terminal as escape sequences.
+fn escape_controls(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(
+            super::escape_controls("service a\nerror: forged \u{1b}[31m"),
+            "service a\\nerror: forged \\u{1b}[31m"
+        );
     }
 }
