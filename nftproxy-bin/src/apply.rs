@@ -86,6 +86,33 @@ pub fn send(nft: &Nft, backend: Backend, tx: &Transaction) -> Result<()> {
 pub struct ApplyOptions {
     pub backend: Option<Backend>,
     pub dry_run: bool,
+    /// Apply even if most service entry points the kernel holds would go.
+    pub allow_mass_delete: bool,
+}
+
+/// How long `apply` and `cleanup` wait for another writer of the same table.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Service entry points (ClusterIP, external and LoadBalancer IP keys) in a ruleset.
+fn service_keys(r: &Ruleset) -> usize {
+    r.tables
+        .values()
+        .filter_map(|t| t.sets.get(nftproxy_core::compile::names::SERVICE_IPS))
+        .map(|s| s.elements.len())
+        .sum()
+}
+
+/// Refuses a transaction that would remove more than half of the service entry points the
+/// kernel holds (a truncated or wrong snapshot), unless allowed.
+fn check_mass_delete(current: &Ruleset, desired: &Ruleset, allowed: bool) -> Result<()> {
+    let (now, after) = (service_keys(current), service_keys(desired));
+    if !allowed && now > 0 && after * 2 < now {
+        anyhow::bail!(
+            "refusing to apply: the kernel holds {now} service entry points and this snapshot \
+             keeps only {after}; if that is intended, pass --allow-mass-delete"
+        );
+    }
+    Ok(())
 }
 
 /// Moves the kernel from its current state to `desired`.
@@ -101,7 +128,9 @@ pub fn apply(table: &str, desired: &Ruleset, opts: &ApplyOptions) -> Result<()> 
     if let (Backend::Text, Err(why)) = (backend, &caps.json) {
         tracing::info!("JSON backend unavailable: {why}");
     }
+    let _lock = crate::lock::lock_table(&nft, table, LOCK_WAIT)?;
     let current = read_current(&nft, table)?;
+    check_mass_delete(&current, desired, opts.allow_mass_delete)?;
     let tx = plan::plan(&current, desired);
     if opts.dry_run {
         match backend {
@@ -143,6 +172,7 @@ pub fn apply(table: &str, desired: &Ruleset, opts: &ApplyOptions) -> Result<()> 
 /// Deletes our tables, atomically; other tables stay as they are.
 pub fn cleanup(table: &str, backend: Option<Backend>) -> Result<()> {
     let nft = Nft::from_env();
+    let _lock = crate::lock::lock_table(&nft, table, LOCK_WAIT)?;
     let current = read_current(&nft, table)?;
     if current.tables.is_empty() {
         println!("nothing to clean up: no table {table}");
@@ -158,4 +188,41 @@ pub fn cleanup(table: &str, backend: Option<Backend>) -> Result<()> {
         .collect();
     println!("deleted table {}", names.join(" and table "));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nftproxy_core::parse::parse_snapshot;
+    use nftproxy_core::{compile, ProxyConfig};
+
+    fn services(n: usize) -> Ruleset {
+        let mut yaml = String::new();
+        for i in 0..n {
+            yaml.push_str(&format!(
+                "---\napiVersion: v1\nkind: Service\nmetadata: {{name: s{i}, namespace: d}}\n\
+                 spec: {{clusterIP: 172.30.0.{}, ports: [{{port: 80}}]}}\n",
+                i + 1
+            ));
+        }
+        let snap = parse_snapshot(&yaml).unwrap().snapshot;
+        let cfg = ProxyConfig {
+            node_name: "n".into(),
+            ..ProxyConfig::default()
+        };
+        compile(&snap, &cfg).unwrap().ruleset
+    }
+
+    #[test]
+    fn mass_deletes_need_the_flag() {
+        let (ten, four, five) = (services(10), services(4), services(5));
+        let e = check_mass_delete(&ten, &four, false).unwrap_err().to_string();
+        assert!(
+            e.contains("holds 10 service entry points and this snapshot keeps only 4"),
+            "{e}"
+        );
+        check_mass_delete(&ten, &four, true).unwrap();
+        check_mass_delete(&ten, &five, false).unwrap();
+        check_mass_delete(&Ruleset::default(), &four, false).unwrap();
+    }
 }

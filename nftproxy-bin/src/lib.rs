@@ -4,6 +4,7 @@
 
 pub mod apply;
 pub mod conntrack;
+pub mod lock;
 pub mod nft;
 pub mod probe;
 pub mod run;

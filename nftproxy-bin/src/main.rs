@@ -44,6 +44,10 @@ enum Command {
         /// Print the transaction instead of sending it.
         #[arg(long)]
         dry_run: bool,
+        /// Apply even a snapshot without Services, or one that removes more than half of the
+        /// service entry points the kernel holds (normally a truncated or wrong snapshot).
+        #[arg(long)]
+        allow_mass_delete: bool,
     },
     /// Remove everything nftproxy created (its own tables only).
     Cleanup {
@@ -245,12 +249,23 @@ fn run(cli: Cli) -> Result<()> {
             input,
             backend,
             dry_run,
+            allow_mass_delete,
         } => {
-            let (_, config, ruleset) = input.compile()?;
+            let (snapshot, config, ruleset) = input.compile()?;
+            anyhow::ensure!(
+                allow_mass_delete || !snapshot.services.is_empty(),
+                "the snapshot {} has no Services: applying it would delete every Service's rules; \
+                 pass --allow-mass-delete if that is intended",
+                input.snapshot.display()
+            );
             apply::apply(
                 &config.table_name,
                 &ruleset,
-                &apply::ApplyOptions { backend, dry_run },
+                &apply::ApplyOptions {
+                    backend,
+                    dry_run,
+                    allow_mass_delete,
+                },
             )?;
         }
         Command::Cleanup { table, backend } => {

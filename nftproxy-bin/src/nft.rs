@@ -205,6 +205,11 @@ impl Nft {
         }
     }
 
+    /// The named network namespace nft runs in, if not the current one.
+    pub fn netns(&self) -> Option<&str> {
+        self.netns.as_deref()
+    }
+
     /// A command for `program` in the same network namespace as nft.
     pub fn command(&self, program: &str) -> Command {
         match &self.netns {

@@ -230,6 +230,15 @@ async fn run_async(opts: RunOptions) -> Result<()> {
         config.proxy.node_name,
         config.proxy.table_name
     );
+    // One writer per table: held for as long as the daemon runs (a rolling update's old pod may
+    // still be finishing).
+    let _lock = {
+        let (nft, table) = (nft.clone(), config.proxy.table_name.clone());
+        tokio::task::spawn_blocking(move || {
+            crate::lock::lock_table(&nft, &table, Duration::from_secs(60))
+        })
+        .await??
+    };
     let kernel = Kernel {
         nft: nft.clone(),
         backend,
