@@ -4,4 +4,5 @@ pub mod fixtures;
 pub mod gen;
 pub mod model;
 pub mod netns;
+pub mod realapi;
 pub mod topology;
