@@ -93,12 +93,19 @@ pub struct ApplyOptions {
 /// How long `apply` and `cleanup` wait for another writer of the same table.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Service entry points (ClusterIP, external and LoadBalancer IP keys) in a ruleset.
+/// Service entry points (ClusterIP, external and LoadBalancer IP keys, with or without
+/// endpoints) in a ruleset.
 fn service_keys(r: &Ruleset) -> usize {
+    use nftproxy_core::compile::names::{NO_ENDPOINT_SERVICES, SERVICE_IPS};
     r.tables
         .values()
-        .filter_map(|t| t.sets.get(nftproxy_core::compile::names::SERVICE_IPS))
-        .map(|s| s.elements.len())
+        .map(|t| {
+            let keys = |name: &str| t.sets.get(name).into_iter().flat_map(|s| s.elements.keys());
+            keys(SERVICE_IPS)
+                .chain(keys(NO_ENDPOINT_SERVICES))
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
+        })
         .sum()
 }
 
@@ -216,7 +223,9 @@ mod tests {
     #[test]
     fn mass_deletes_need_the_flag() {
         let (ten, four, five) = (services(10), services(4), services(5));
-        let e = check_mass_delete(&ten, &four, false).unwrap_err().to_string();
+        let e = check_mass_delete(&ten, &four, false)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("holds 10 service entry points and this snapshot keeps only 4"),
             "{e}"
