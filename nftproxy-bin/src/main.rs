@@ -335,8 +335,10 @@ fn main() -> ExitCode {
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("NFTPROXY_LOG").unwrap_or_else(|_| {
                 // Our messages at the chosen level; libraries' only when they warn.
+                // kube-rs's own messages repeat what our watch errors say: off unless asked.
                 tracing_subscriber::EnvFilter::new(format!(
-                    "warn,nftproxy={default_level},nftproxy_bin={default_level},nftproxy_core={default_level}"
+                    "warn,kube_client=off,kube_runtime=off,nftproxy={default_level},\
+                     nftproxy_bin={default_level},nftproxy_core={default_level}"
                 ))
             }),
         );

@@ -21,7 +21,6 @@ use kube::api::ListParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::runtime::watcher::{self, watcher};
-use kube::runtime::WatchStreamExt;
 use kube::{Api, Client};
 use nftproxy_core::engine::{Event, Object, ResourceKind, SyncReport};
 use nftproxy_core::parse::DaemonConfig;
@@ -134,9 +133,44 @@ fn spawn_watch<K>(
     K: Into<Object>,
 {
     tokio::spawn(async move {
-        let stream = watcher(api, config).default_backoff();
-        forward(kind, stream, tx).await;
+        forward(kind, watcher(api, config), tx).await;
     });
+}
+
+/// Retry delays after watch errors: 0.8 s doubling to 30 s (client-go's), with jitter, but reset
+/// by the first successful response, so a returning API server is followed at once.
+#[derive(Debug, Default)]
+struct Backoff {
+    delay: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(800);
+    const MAX: Duration = Duration::from_secs(30);
+
+    fn next(&mut self) -> Duration {
+        self.delay = if self.delay.is_zero() {
+            Self::FIRST
+        } else {
+            (self.delay * 2).min(Self::MAX)
+        };
+        // Up to 20% jitter, so the watchers of many nodes do not retry in step.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        self.delay + self.delay.mul_f64(f64::from(nanos % 1000) / 5000.0)
+    }
+
+    fn reset(&mut self) {
+        self.delay = Duration::ZERO;
+    }
+}
+
+/// Is this the API server saying our resource version is too old (410 Gone)? The watcher then
+/// relists on its next poll, which should happen at once.
+fn is_gone(e: &watcher::Error) -> bool {
+    matches!(e, watcher::Error::WatchError(s) if s.code == 410)
 }
 
 async fn forward<K: Into<Object>>(
@@ -146,20 +180,38 @@ async fn forward<K: Into<Object>>(
 ) {
     let mut stream = std::pin::pin!(stream);
     let mut failing = false;
+    let mut backoff = Backoff::default();
     while let Some(item) = stream.next().await {
         let event = match item {
             Ok(watcher::Event::Apply(o)) => Event::Apply(o.into()),
             Ok(watcher::Event::Delete(o)) => Event::Delete(o.into()),
-            Ok(watcher::Event::Init) => Event::InitStarted(kind),
+            // Emitted before the list request: not yet a sign the server answers.
+            Ok(watcher::Event::Init) => {
+                if tx.send(Event::InitStarted(kind)).is_err() {
+                    return;
+                }
+                continue;
+            }
             Ok(watcher::Event::InitApply(o)) => Event::InitApply(o.into()),
             Ok(watcher::Event::InitDone) => Event::InitDone(kind),
+            Err(e) if is_gone(&e) => {
+                tracing::info!("watching {kind}s: resource version expired (410); relisting");
+                continue;
+            }
             Err(e) => {
-                // Retried with backoff by the stream; the rules stay as they are meanwhile.
-                tracing::warn!("watching {kind}s: {}", describe_watch_error(&e));
+                // The rules stay as they are meanwhile.
+                let delay = backoff.next();
+                tracing::warn!(
+                    "watching {kind}s: {}; retrying in {:.1} s",
+                    describe_watch_error(&e),
+                    delay.as_secs_f64()
+                );
                 failing = true;
+                tokio::time::sleep(delay).await;
                 continue;
             }
         };
+        backoff.reset();
         if failing {
             tracing::info!("watching {kind}s again");
             failing = false;
