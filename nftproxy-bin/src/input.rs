@@ -27,6 +27,10 @@ pub(crate) struct InputArgs {
     /// Cluster (pod) CIDR; repeat or comma-separate for dual-stack (overrides clusterCIDR).
     #[arg(long = "cluster-cidr", value_name = "CIDR", value_delimiter = ',')]
     pub(crate) cluster_cidrs: Vec<IpNet>,
+    /// Service CIDR(s), comma-separated, when the snapshot has no ServiceCIDR objects: traffic to
+    /// an unallocated address inside is dropped.
+    #[arg(long = "service-cidr", value_name = "CIDR", value_delimiter = ',')]
+    pub(crate) service_cidrs: Vec<IpNet>,
 }
 
 impl InputArgs {
@@ -56,6 +60,7 @@ impl InputArgs {
         if !self.cluster_cidrs.is_empty() {
             config.cluster_cidrs = self.cluster_cidrs.clone();
         }
+        config.service_cidrs = self.service_cidrs.iter().map(|c| c.trunc()).collect();
         Ok((parsed.snapshot, config))
     }
 

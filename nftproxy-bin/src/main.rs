@@ -110,6 +110,10 @@ struct RunArgs {
     /// primary IPs; 0.0.0.0/0 for every local address).
     #[arg(long, value_name = "CIDRS", value_delimiter = ',')]
     nodeport_addresses: Vec<String>,
+    /// Service CIDRs, comma-separated, for API servers without ServiceCIDR objects (before 1.33):
+    /// traffic to an unallocated address inside is dropped.
+    #[arg(long, value_name = "CIDRS", value_delimiter = ',')]
+    service_cidr: Vec<ipnet::IpNet>,
     /// Masquerade all traffic to service IPs.
     #[arg(long)]
     masquerade_all: bool,
@@ -178,6 +182,7 @@ impl RunArgs {
         if self.masquerade_all {
             config.proxy.masquerade_all = true;
         }
+        config.proxy.service_cidrs = self.service_cidr.iter().map(|c| c.trunc()).collect();
         if let Some(a) = self.healthz_bind_address {
             config.healthz_bind_address = a;
         }

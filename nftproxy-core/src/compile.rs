@@ -93,6 +93,8 @@ pub mod names {
     pub const NODEPORT_IPS: &str = "nodeport-ips";
     /// Set of pod CIDRs that count as "inside the cluster".
     pub const POD_CIDRS: &str = "pod-cidrs";
+    /// Set of ServiceCIDRs: traffic to an unallocated address inside one is dropped.
+    pub const SERVICE_CIDRS: &str = "service-cidrs";
     /// Set of `endpoint . endpoint` pairs: hairpin traffic to masquerade.
     pub const HAIRPIN: &str = "hairpin";
     /// Chain that sets the masquerade mark.
@@ -336,6 +338,8 @@ struct FamilyBuilder<'a> {
     slots: BTreeMap<KeySpace, u32>,
     affinity_timeouts: BTreeMap<KeySpace, BTreeSet<u32>>,
     pod_cidrs: Vec<IpNet>,
+    /// ServiceCIDRs of this family (no set and no rule without any, as kube-proxy).
+    service_cidrs: Vec<IpNet>,
     nodeports_all_local: bool,
     /// This node's IPs (all families), for loadBalancerSourceRanges.
     node_ips: Vec<IpAddr>,
@@ -473,6 +477,7 @@ impl<'a> FamilyBuilder<'a> {
             slots: BTreeMap::new(),
             affinity_timeouts: BTreeMap::new(),
             pod_cidrs: Vec::new(),
+            service_cidrs: Vec::new(),
             nodeports_all_local: false,
             node_ips: Vec::new(),
             warnings: Vec::new(),
@@ -829,6 +834,16 @@ impl<'a> FamilyBuilder<'a> {
         for c in self.pod_cidrs.clone() {
             self.put_shared(POD_CIDRS, vec![Value::Prefix(c)]);
         }
+        let has_service_cidrs = !self.service_cidrs.is_empty();
+        if has_service_cidrs {
+            let mut set = Set::new(SERVICE_CIDRS, vec![KeyType::addr(f)], None);
+            set.flags.interval = true;
+            set.comment = Some("ServiceCIDRs: unallocated addresses are dropped".to_owned());
+            self.sets.insert(SERVICE_CIDRS.to_owned(), set);
+            for c in self.service_cidrs.clone() {
+                self.put_shared(SERVICE_CIDRS, vec![Value::Prefix(c)]);
+            }
+        }
 
         let mut chain = |name: &str, base: Option<BaseChain>, rules: Vec<Rule>| {
             t.chains.insert(
@@ -979,10 +994,19 @@ impl<'a> FamilyBuilder<'a> {
         chain(
             "cluster-ips-check",
             None,
-            vec![
+            [
                 Rule::new(vec![in_set(Expr::Daddr(f), CLUSTER_IPS), Stmt::Reject])
                     .with_comment("reject traffic to undefined ports of ClusterIPs"),
-            ],
+            ]
+            .into_iter()
+            .chain(has_service_cidrs.then(|| {
+                Rule::new(vec![
+                    in_set(Expr::Daddr(f), SERVICE_CIDRS),
+                    Stmt::Verdict(Verdict::Drop),
+                ])
+                .with_comment("drop traffic to unallocated ClusterIPs")
+            }))
+            .collect(),
         );
         chain(REJECT_CHAIN, None, vec![Rule::new(vec![Stmt::Reject])]);
 
@@ -1321,6 +1345,8 @@ pub(crate) struct NodeContext {
     pub(crate) node_ips: Vec<IpAddr>,
     /// The Node object's pod CIDRs.
     pub(crate) pod_cidrs: Vec<IpNet>,
+    /// Every ServiceCIDR object's CIDRs, else `--service-cidr`.
+    pub(crate) service_cidrs: Vec<IpNet>,
 }
 
 impl NodeContext {
@@ -1330,10 +1356,20 @@ impl NodeContext {
             zone: node.and_then(|n| n.zone.clone()),
             node_ips: node_addresses(snapshot, config),
             pod_cidrs: node.map(|n| n.pod_cidrs.clone()).unwrap_or_default(),
+            service_cidrs: if snapshot.service_cidrs.is_empty() {
+                config.service_cidrs.clone()
+            } else {
+                let mut all: Vec<IpNet> =
+                    snapshot.service_cidrs.values().flatten().copied().collect();
+                all.sort();
+                all.dedup();
+                all
+            },
         }
     }
 
-    /// The families to build tables for: IPv4 always, IPv6 when the node, the config or a
+    /// The families to build tables for: IPv4 always, IPv6 when the node, the config, a
+    /// ServiceCIDR or a
     /// service uses it.
     pub(crate) fn families<'s>(
         &self,
@@ -1346,6 +1382,7 @@ impl NodeContext {
                 .cluster_cidrs
                 .iter()
                 .any(|c| matches!(c, IpNet::V6(_)))
+            || self.service_cidrs.iter().any(|c| matches!(c, IpNet::V6(_)))
             || services
                 .into_iter()
                 .any(|s| s.cluster_ips.iter().any(|ip| ip.is_ipv6()));
@@ -1380,6 +1417,13 @@ impl<'a> FamilyBuilder<'a> {
         b.pod_cidrs = without_covered(
             pod_cidrs
                 .into_iter()
+                .filter(|c| IpFamily::of(&c.addr()) == f)
+                .map(|c| c.trunc())
+                .collect(),
+        );
+        b.service_cidrs = without_covered(
+            ctx.service_cidrs
+                .iter()
                 .filter(|c| IpFamily::of(&c.addr()) == f)
                 .map(|c| c.trunc())
                 .collect(),

@@ -38,6 +38,9 @@ pub struct ProxyConfig {
     /// Only services labelled `service.kubernetes.io/service-proxy-name` with this value are ours;
     /// `None` (the default) means only services without that label.
     pub service_proxy_name: Option<String>,
+    /// Service CIDRs used when the snapshot has no ServiceCIDR objects (`--service-cidr`):
+    /// traffic to an address inside one that is not an allocated ClusterIP is dropped.
+    pub service_cidrs: Vec<IpNet>,
 }
 
 impl Default for ProxyConfig {
@@ -52,6 +55,7 @@ impl Default for ProxyConfig {
             detect_local: DetectLocal::ClusterCidr,
             table_name: "nftproxy".to_owned(),
             service_proxy_name: None,
+            service_cidrs: Vec::new(),
         }
     }
 }

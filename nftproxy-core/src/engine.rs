@@ -298,7 +298,6 @@ pub struct Engine {
     config: ProxyConfig,
     timing: SyncTiming,
     snapshot: Snapshot,
-    service_cidrs: BTreeMap<String, Vec<IpNet>>,
     compiler: IncrementalCompiler,
     watched: BTreeSet<ResourceKind>,
     listed: BTreeSet<ResourceKind>,
@@ -348,7 +347,6 @@ impl Engine {
             config,
             timing,
             snapshot: Snapshot::default(),
-            service_cidrs: BTreeMap::new(),
             watched,
             listed: BTreeSet::new(),
             relists: BTreeMap::new(),
@@ -389,7 +387,7 @@ impl Engine {
 
     /// The CIDRs of every ServiceCIDR object, by object name.
     pub fn service_cidrs(&self) -> &BTreeMap<String, Vec<IpNet>> {
-        &self.service_cidrs
+        &self.snapshot.service_cidrs
     }
 
     /// The ruleset of the last sync (what the kernel holds once it succeeded).
@@ -495,7 +493,7 @@ impl Engine {
             services: snapshot.services,
             slices: snapshot.slices,
             nodes: snapshot.nodes,
-            cidrs: self.service_cidrs.clone(),
+            cidrs: snapshot.service_cidrs,
         };
         self.swap_all(relist, now);
         for kind in kinds {
@@ -1016,12 +1014,12 @@ impl Engine {
     }
 
     fn set_cidr(&mut self, name: String, new: Option<Vec<IpNet>>, now: Instant) {
-        if self.service_cidrs.get(&name) == new.as_ref() {
+        if self.snapshot.service_cidrs.get(&name) == new.as_ref() {
             return;
         }
         match new {
-            Some(c) => self.service_cidrs.insert(name, c),
-            None => self.service_cidrs.remove(&name),
+            Some(c) => self.snapshot.service_cidrs.insert(name, c),
+            None => self.snapshot.service_cidrs.remove(&name),
         };
         self.other_dirty = true;
         self.mark_pending(now);
@@ -1079,6 +1077,7 @@ impl Engine {
             }
             ResourceKind::ServiceCidr => {
                 let gone: Vec<String> = self
+                    .snapshot
                     .service_cidrs
                     .keys()
                     .filter(|k| !relist.cidrs.contains_key(*k))

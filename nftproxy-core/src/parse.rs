@@ -7,8 +7,8 @@
 //! [`parse_snapshot`] accepts what `kubectl get services,endpointslices,nodes -A -o yaml` (or
 //! `-o json`) prints, multi-document YAML, a JSON array of objects, or concatenated JSON objects.
 //! Lists (`kind: List`, `kind: ServiceList`, ...) may appear anywhere and are flattened. Services
-//! (`v1`), EndpointSlices (`discovery.k8s.io/v1`) and Nodes (`v1`) are kept; any other kind is
-//! skipped with a [`Warning`].
+//! (`v1`), EndpointSlices (`discovery.k8s.io/v1`), Nodes (`v1`) and ServiceCIDRs
+//! (`networking.k8s.io/v1`) are kept; any other kind is skipped with a [`Warning`].
 //!
 //! [`parse_config`] reads a `KubeProxyConfiguration` (see [`ConfigError`] for what is rejected).
 
@@ -322,6 +322,7 @@ enum Kind {
     Service,
     EndpointSlice,
     Node,
+    ServiceCidr,
 }
 
 impl ParsedSnapshot {
@@ -350,6 +351,7 @@ impl ParsedSnapshot {
             ("v1", "Service") => Kind::Service,
             ("discovery.k8s.io/v1", "EndpointSlice") => Kind::EndpointSlice,
             ("v1", "Node") => Kind::Node,
+            ("networking.k8s.io/v1", "ServiceCIDR") => Kind::ServiceCidr,
             _ => {
                 let object = match (&namespace, &name) {
                     (Some(namespace), Some(name)) => format!("{kind_str} {namespace}/{name}"),
@@ -389,6 +391,19 @@ impl ParsedSnapshot {
                 let slice = self.convert_slice(decode(object, &label)?, name.clone(), &label)?;
                 if self.snapshot.slices.insert(name.clone(), slice).is_some() {
                     self.warn_duplicate(format!("EndpointSlice {name}"));
+                }
+            }
+            Kind::ServiceCidr => {
+                let label = format!("servicecidr {name}");
+                let cidr: networkingv1::ServiceCIDR = decode(object, &label)?;
+                let (name, cidrs) = service_cidr_from_k8s(&cidr)?;
+                if self
+                    .snapshot
+                    .service_cidrs
+                    .insert(name.clone(), cidrs)
+                    .is_some()
+                {
+                    self.warn_duplicate(format!("ServiceCIDR {name}"));
                 }
             }
             Kind::Node => {

@@ -260,6 +260,9 @@ pub struct Snapshot {
     pub slices: BTreeMap<ObjectName, EndpointSlice>,
     /// Nodes by name.
     pub nodes: BTreeMap<String, Node>,
+    /// `networking.k8s.io/v1` ServiceCIDRs by name: their `spec.cidrs`. Traffic to an address
+    /// inside one that is not an allocated ClusterIP is dropped.
+    pub service_cidrs: BTreeMap<String, Vec<IpNet>>,
 }
 
 /// Something skipped while reading a snapshot or compiling it; never fatal.

@@ -1424,6 +1424,7 @@ mod tests {
             services: services.into_iter().map(|s| (s.name.clone(), s)).collect(),
             slices: slices.into_iter().map(|s| (s.name.clone(), s)).collect(),
             nodes: BTreeMap::new(),
+            service_cidrs: BTreeMap::new(),
         }
     }
 

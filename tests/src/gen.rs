@@ -225,6 +225,8 @@ pub struct ClusterSpec {
     pub services: Vec<ServiceSpec>,
     /// `node-a`.
     pub node: NodeSpec,
+    /// A ServiceCIDR object covering the ClusterIP ranges exists.
+    pub service_cidrs: bool,
 }
 
 /// What a packet is aimed at.
@@ -244,6 +246,8 @@ pub enum Target {
     NodeIpOtherPort,
     /// An address no service uses.
     Elsewhere,
+    /// An unallocated address in the ClusterIP range (inside the ServiceCIDR, when there is one).
+    Unallocated,
 }
 
 /// Where a packet comes from.
@@ -419,12 +423,25 @@ prop_compose! {
 
 /// A cluster with a number of services in `services`.
 pub fn cluster(services: std::ops::Range<usize>) -> impl Strategy<Value = ClusterSpec> {
-    (vec(service_spec(), services), node_spec()).prop_map(|(services, node)| {
-        let mut cluster = ClusterSpec { services, node };
-        cluster.normalize();
-        cluster
-    })
+    (
+        vec(service_spec(), services),
+        node_spec(),
+        proptest::bool::weighted(0.4),
+    )
+        .prop_map(|(services, node, service_cidrs)| {
+            let mut cluster = ClusterSpec {
+                services,
+                node,
+                service_cidrs,
+            };
+            cluster.normalize();
+            cluster
+        })
 }
+
+/// The ServiceCIDR object's ranges: every generated ClusterIP is inside.
+const SERVICE_CIDR_V4: &str = "172.30.0.0/16";
+const SERVICE_CIDR_V6: &str = "fd00:30::/108";
 
 fn net(s: &str) -> IpNet {
     s.parse().expect("generator CIDR literals are valid")
@@ -485,6 +502,7 @@ prop_compose! {
             3 => Just(Target::NodePort),
             1 => Just(Target::NodeIpOtherPort),
             1 => Just(Target::Elsewhere),
+            1 => Just(Target::Unallocated),
         ],
         service in any::<Index>(),
         pick in any::<Index>(),
@@ -874,6 +892,7 @@ impl ClusterSpec {
         let mut cluster = Self {
             services,
             node: self.node.clone(),
+            service_cidrs: self.service_cidrs,
         };
         cluster.normalize();
         cluster
@@ -908,6 +927,14 @@ impl ClusterSpec {
                 node["spec"] = json!({ "podCIDR": "10.0.1.0/24", "podCIDRs": ["10.0.1.0/24", "fd00::1:0/112"] });
             }
             items.push(node);
+        }
+        if self.service_cidrs {
+            items.push(json!({
+                "apiVersion": "networking.k8s.io/v1",
+                "kind": "ServiceCIDR",
+                "metadata": { "name": "kubernetes" },
+                "spec": { "cidrs": [SERVICE_CIDR_V4, SERVICE_CIDR_V6] },
+            }));
         }
         items.push(json!({
             "apiVersion": "v1",
@@ -963,7 +990,7 @@ impl PacketSpec {
                         matches!(s.kind, Kind::NodePort | Kind::LoadBalancer)
                             && s.ports.iter().any(|p| p.node_port.is_some())
                     }
-                    Target::NodeIpOtherPort | Target::Elsewhere => true,
+                    Target::NodeIpOtherPort | Target::Elsewhere | Target::Unallocated => true,
                 }
             })
             .collect()
@@ -997,7 +1024,13 @@ impl PacketSpec {
             ip("198.18.200.1")
         };
 
+        let unallocated = if v6 {
+            ip("fd00:30::f:fffe")
+        } else {
+            ip("172.30.254.254")
+        };
         let (dst, proto, dport) = match (target, chosen) {
+            (Target::Unallocated, _) => (unallocated, other_proto, other_port),
             (_, None) | (Target::Elsewhere, _) => (elsewhere, other_proto, other_port),
             (Target::NodeIpOtherPort, _) => (node_ip, other_proto, other_port),
             (target, Some(i)) => {

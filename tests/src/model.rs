@@ -460,6 +460,16 @@ pub fn expect(snapshot: &Snapshot, config: &ProxyConfig, packet: &Packet) -> Exp
         if services.iter().any(|v| v.cluster_ip == packet.dst) {
             return Expected::verdict(Verdict::Reject, "clusterIP on an undefined port");
         }
+        // ... and then an address inside a ServiceCIDR that no service of ours has: dropped
+        // (checked on forwarded and node-originated traffic, not on traffic to the node).
+        let cidrs: Vec<IpNet> = if snapshot.service_cidrs.is_empty() {
+            config.service_cidrs.clone()
+        } else {
+            snapshot.service_cidrs.values().flatten().copied().collect()
+        };
+        if !node.owned.contains(&packet.dst) && cidrs.iter().any(|c| c.contains(&packet.dst)) {
+            return Expected::verdict(Verdict::Drop, "unallocated address in a ServiceCIDR");
+        }
         return Expected::verdict(Verdict::Pass, "no service address");
     };
 

@@ -36,4 +36,5 @@ golden! {
     ignored_objects => "ignored-objects",
     detect_local_node_cidr => "detect-local-node-cidr",
     kubectl_list_input => "kubectl-list",
+    service_cidrs_drop_unallocated_ips => "service-cidrs",
 }

@@ -396,3 +396,69 @@ fn cleanup_leaves_no_trace() {
     let listed = topo.node.ok(&["nft", "list", "ruleset"]);
     assert!(listed.trim().is_empty(), "left behind:\n{listed}");
 }
+
+/// Packets to 172.30.0.99 (no Service) that reach the external namespace, which the node routes
+/// the ClusterIP range to.
+fn leaked_to_external(topo: &Topology) -> u64 {
+    let out = topo.exec(
+        Place::External,
+        &["nft", "-j", "list", "table", "inet", "leak-count"],
+    );
+    let json = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(&json).expect("nft -j output");
+    v["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o.get("rule"))
+        .flat_map(|r| r["expr"].as_array().cloned().unwrap_or_default())
+        .filter_map(|e| e.get("counter").and_then(|c| c["packets"].as_u64()))
+        .sum()
+}
+
+#[test]
+fn unallocated_service_cidr_addresses_are_dropped_at_the_node() {
+    require_root!();
+    const UNALLOCATED: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 99);
+    let count = "table inet leak-count {\n\tchain pre {\n\t\ttype filter hook prerouting priority 0; policy accept;\n\t\tip daddr 172.30.0.99 counter\n\t}\n}\n";
+    let opts = ConnectOpts::count(2).timeout_ms(500);
+    // Without a ServiceCIDR the node forwards them (they leak to the external namespace)...
+    let topo = cluster("services.yaml");
+    let out = topo
+        .ns(Place::External)
+        .run_stdin(&["nft", "-f", "-"], Some(count));
+    assert!(out.status.success(), "{out:?}");
+    topo.connect(Place::Pod(Pod::A), Proto::Tcp, addr(UNALLOCATED, 80), &opts);
+    assert!(
+        leaked_to_external(&topo) >= 1,
+        "without a ServiceCIDR the packet is forwarded"
+    );
+    // ...with one, they are dropped by nftproxy, while allocated ClusterIPs keep working and their
+    // undefined ports are still rejected.
+    apply(&topo, "service-cidrs.yaml");
+    let before = leaked_to_external(&topo);
+    let lines = topo.connect(Place::Pod(Pod::A), Proto::Tcp, addr(UNALLOCATED, 80), &opts);
+    assert!(
+        lines.iter().all(|l| Answer::parse(l).is_none()),
+        "{lines:?}"
+    );
+    topo.connect(Place::Node, Proto::Tcp, addr(UNALLOCATED, 80), &opts);
+    assert_eq!(leaked_to_external(&topo), before, "dropped at the node");
+    answers(
+        &topo,
+        Place::Pod(Pod::C),
+        Proto::Tcp,
+        addr(WEB, 80),
+        &ConnectOpts::count(3),
+    );
+    let refused = topo.connect(
+        Place::Pod(Pod::C),
+        Proto::Tcp,
+        addr(WEB, 81),
+        &ConnectOpts::count(1).timeout_ms(2000),
+    );
+    assert!(
+        refused.iter().any(|l| l.contains("refused")),
+        "undefined port of an allocated ClusterIP: {refused:?}"
+    );
+}
