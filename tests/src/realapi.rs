@@ -444,6 +444,11 @@ impl Cluster {
     /// Starts `nftproxy run` in the node namespace with `user`'s kubeconfig,
     /// `--hostname-override node-a --cluster-cidr 10.0.0.0/8` and `extra` flags.
     pub fn daemon(&self, user: User, extra: &[&str]) -> Daemon {
+        self.daemon_env(user, extra, &[])
+    }
+
+    /// [`daemon`](Self::daemon) with extra environment variables (`NFTPROXY_NFT`, ...).
+    pub fn daemon_env(&self, user: User, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         let kubeconfig = self.api.kubeconfig(user);
         let mut args = vec![
             "run",
@@ -455,7 +460,7 @@ impl Cluster {
             CLUSTER_CIDR,
         ];
         args.extend_from_slice(extra);
-        Daemon::spawn(&self.topo.node, &args, self.api.dir())
+        Daemon::spawn_env(&self.topo.node, &args, self.api.dir(), env)
     }
 
     /// The tables in the node namespace, as `nft list tables` prints them (`table ip nftproxy`).
@@ -586,6 +591,11 @@ impl Daemon {
     /// Starts `nftproxy ARGS` inside `ns`, logging to a new file in `log_dir`. The environment is
     /// inherited (so `NFTPROXY_LOG=debug` passes through), with `NO_COLOR=1`.
     pub fn spawn(ns: &Netns, args: &[&str], log_dir: &Path) -> Self {
+        Self::spawn_env(ns, args, log_dir, &[])
+    }
+
+    /// [`spawn`](Self::spawn) with extra environment variables.
+    pub fn spawn_env(ns: &Netns, args: &[&str], log_dir: &Path, env: &[(&str, &str)]) -> Self {
         let log = log_dir.join(format!(
             "nftproxy-{}.log",
             COUNTER.fetch_add(1, Ordering::SeqCst)
@@ -600,6 +610,7 @@ impl Daemon {
             .args(args)
             .env("NO_COLOR", "1")
             .env("RUST_BACKTRACE", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(file)
             .stderr(err)
@@ -789,6 +800,92 @@ impl Drop for Daemon {
         }
         self.kill();
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP
+
+/// An HTTP answer as `curl -i` received it.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    /// The status code.
+    pub status: u16,
+    /// The headers, in order, names as sent.
+    pub headers: Vec<(String, String)>,
+    /// The body, byte for byte (as UTF-8, lossy).
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The value of the first header called `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Why an HTTP request got no answer: curl's exit code (7: connection refused, 28: timed out)
+/// and what it printed.
+#[derive(Debug, Clone)]
+pub struct HttpError {
+    /// curl's exit code.
+    pub code: i32,
+    /// curl's error message.
+    pub message: String,
+}
+
+impl HttpError {
+    /// The connection was refused (nothing listens).
+    pub fn refused(&self) -> bool {
+        self.code == 7
+    }
+}
+
+/// One HTTP/1.1 request with curl from inside `ns` (`method` `GET`, `POST`, ...), at most
+/// `timeout_s` seconds.
+pub fn http(
+    ns: &Netns,
+    method: &str,
+    url: &str,
+    timeout_s: u32,
+) -> Result<HttpResponse, HttpError> {
+    let timeout = timeout_s.to_string();
+    let out = ns.run(&[
+        "curl",
+        "-sS",
+        "-i",
+        "--http1.1",
+        "--max-time",
+        &timeout,
+        "-X",
+        method,
+        url,
+    ]);
+    if !out.status.success() {
+        return Err(HttpError {
+            code: out.status.code().unwrap_or(-1),
+            message: lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    let raw = lossy(&out.stdout);
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw.as_str(), ""));
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+        .collect();
+    Ok(HttpResponse {
+        status,
+        headers,
+        body: body.to_string(),
+    })
 }
 
 #[cfg(test)]
