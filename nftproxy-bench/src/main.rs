@@ -12,7 +12,11 @@
 //! 3. `nft -f` of the kube-proxy-shaped reference (`../shared/bench/kube-proxy-shape.py` from the
 //!    repository root) for the same N × M in another fresh namespace;
 //! 4. TCP connect latency through one ClusterIP with 100 services loaded and with N, in two
-//!    topologies measured in alternating rounds ([`dataplane`]).
+//!    topologies measured in alternating rounds ([`dataplane`]);
+//! 5. the `nftproxy run` daemon against a real kube-apiserver (`scripts/realapi`) loaded with the
+//!    N services: first full sync, network programming latency (EndpointSlice patched → sync
+//!    done) over 100 changes, peak RSS ([`netprog`]; `--no-apiserver` skips it, `--only-apiserver`
+//!    runs only it).
 //!
 //! It prints one table, with PASS/MISS next to each target, and optionally writes JSON. Everything
 //! touching the kernel happens in throwaway namespaces (`nftp-bench-<pid>-*`), deleted on the way
@@ -38,6 +42,7 @@ mod dataplane;
 mod inproc;
 mod kernel;
 mod netns;
+mod netprog;
 mod report;
 
 use cluster::{Cluster, Format};
@@ -97,6 +102,22 @@ struct Cli {
     /// The repository root, where `../shared/bench/kube-proxy-shape.py` is looked for.
     #[arg(long, value_name = "DIR")]
     repo_root: Option<PathBuf>,
+    /// Skip the daemon against a real API server (`scripts/realapi`).
+    #[arg(long, conflicts_with = "only_apiserver")]
+    no_apiserver: bool,
+    /// Only the daemon against a real API server (no in-process, apply, reference, data plane).
+    #[arg(long, conflicts_with = "in_process_only")]
+    only_apiserver: bool,
+    /// EndpointSlice changes whose network programming latency is measured, per run.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    netprog_changes: usize,
+    /// The daemon's minSyncPeriods to measure with, one daemon run each (1s is the default).
+    #[arg(long, value_delimiter = ',', default_values_t = ["1s".to_owned(), "0s".to_owned()],
+          value_parser = ["1s", "0s"])]
+    netprog_min_sync_periods: Vec<String>,
+    /// Requests in flight while loading the API server.
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    netprog_concurrency: usize,
 }
 
 /// Run by the benchmark itself inside the data-plane pod namespaces.
@@ -120,6 +141,12 @@ enum Internal {
         #[arg(long)]
         timeout_ms: u64,
     },
+    /// The real-API-server measurement, inside its namespace; prints JSON.
+    #[command(hide = true)]
+    Netprog {
+        #[arg(long)]
+        spec: PathBuf,
+    },
 }
 
 /// Paths and settings shared by every scale.
@@ -129,6 +156,8 @@ struct Bench {
     workdir: PathBuf,
     reference_script: Option<PathBuf>,
     nftproxy: Option<Nftproxy>,
+    /// The real-API-server stage, or why it is skipped.
+    netprog: std::result::Result<netprog::Setup, String>,
 }
 
 /// The snapshot files of one scale.
@@ -321,10 +350,13 @@ fn run_scale(ctx: &Bench, n: usize) -> ScaleResult {
     let Some(files) = stage(&mut r, "generating snapshots", |r| generate(ctx, n, r)) else {
         return r;
     };
-    r.in_process = stage(&mut r, "in-process: parse, compile, render, plan", |_| {
-        inproc::measure(&files.base, &files.changed, ctx.cli.repeat)
-    });
-    if let Some(nftproxy) = &ctx.nftproxy {
+    let all = !ctx.cli.only_apiserver;
+    if all {
+        r.in_process = stage(&mut r, "in-process: parse, compile, render, plan", |_| {
+            inproc::measure(&files.base, &files.changed, ctx.cli.repeat)
+        });
+    }
+    if let Some(nftproxy) = ctx.nftproxy.as_ref().filter(|_| all) {
         stage(
             &mut r,
             "kernel: full apply, then incremental applies",
@@ -346,6 +378,20 @@ fn run_scale(ctx: &Bench, n: usize) -> ScaleResult {
         r.dataplane = stage(&mut r, "data plane: connect latency", |_| {
             dataplane(ctx, nftproxy, &files)
         });
+    }
+    match &ctx.netprog {
+        Ok(setup) => {
+            r.netprog = stage(
+                &mut r,
+                "daemon: real API server, network programming latency",
+                |_| netprog::measure(setup, &files.base, n, m),
+            );
+            if let Some(p) = &r.netprog {
+                r.errors
+                    .extend(p.problems.iter().map(|e| format!("real API server: {e}")));
+            }
+        }
+        Err(why) => r.netprog_skipped = Some(why.clone()),
     }
     if !ctx.cli.keep_files {
         for f in files.all() {
@@ -408,6 +454,7 @@ fn run(cli: Cli) -> Result<bool> {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
     let script = repo_root.join("../shared/bench/kube-proxy-shape.py");
     let reference_script = script.is_file().then_some(script.clone());
+    let mut nftproxy_bin = None;
     let nftproxy = if cli.in_process_only {
         None
     } else {
@@ -417,7 +464,10 @@ fn run(cli: Cli) -> Result<bool> {
         for stale in netns::remove_stale() {
             eprintln!("removed namespace {stale} left by an earlier run");
         }
-        if reference_script.is_none() && cli.services.iter().any(|&n| n <= cli.reference_max) {
+        if reference_script.is_none()
+            && !cli.only_apiserver
+            && cli.services.iter().any(|&n| n <= cli.reference_max)
+        {
             bail!(
                 "reference script not found at {} (it lives at ../shared/bench/kube-proxy-shape.py \
                  relative to the repository root); pass --repo-root, or --reference-max 0 to skip it",
@@ -428,12 +478,37 @@ fn run(cli: Cli) -> Result<bool> {
             .nftproxy
             .clone()
             .unwrap_or_else(|| bin_dir.join("nftproxy"));
-        let n = Nftproxy::new(bin, &workdir)?;
+        let n = Nftproxy::new(bin.clone(), &workdir)?;
+        nftproxy_bin = Some(bin);
         if !n.has_time() {
             eprintln!("note: /usr/bin/time is missing (apt-get install time): no nft RSS figures");
         }
         Some(n)
     };
+    let netprog = match nftproxy_bin {
+        None => Err("--in-process-only".to_owned()),
+        Some(_) if cli.no_apiserver => Err("--no-apiserver".to_owned()),
+        Some(_) if cli.netprog_changes == 0 => Err("--netprog-changes 0".to_owned()),
+        Some(bin) => {
+            let script = repo_root.join("scripts/realapi");
+            netprog::realapi_built(&script).map(|()| netprog::Setup {
+                script,
+                exe: exe.clone(),
+                nftproxy: bin,
+                workdir: workdir.clone(),
+                min_sync_periods: cli.netprog_min_sync_periods.clone(),
+                changes: cli.netprog_changes,
+                concurrency: cli.netprog_concurrency,
+            })
+        }
+    };
+    match &netprog {
+        Ok(setup) => netprog::remove_stale(setup),
+        Err(why) if !cli.in_process_only && !cli.no_apiserver => {
+            eprintln!("note: skipping the real API server stage: {why}");
+        }
+        Err(_) => {}
+    }
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let machine = machine();
     eprintln!(
@@ -446,6 +521,7 @@ fn run(cli: Cli) -> Result<bool> {
         workdir,
         reference_script,
         nftproxy,
+        netprog,
     };
     let results: Vec<ScaleResult> = ctx
         .cli
@@ -459,7 +535,8 @@ fn run(cli: Cli) -> Result<bool> {
         command,
         rss_method: "nftproxy: VmHWM from /proc/<pid>/status polled every 2 ms (cross-check: \
                      /usr/bin/time %M, which includes its nft children); nft: each call run by an \
-                     NFTPROXY_NFT wrapper under /usr/bin/time -f %M",
+                     NFTPROXY_NFT wrapper under /usr/bin/time -f %M; nftproxy run (real API server): \
+                     VmHWM of the daemon process at the end of each run, the larger shown",
         results,
     };
     print_report(&report);
@@ -528,6 +605,7 @@ fn main() -> ExitCode {
             timeout_ms,
         }) => dataplane::connect(addr, count, Duration::from_millis(timeout_ms.min(2_000)))
             .map(|()| true),
+        Some(Internal::Netprog { spec }) => netprog::child(&spec).map(|()| true),
         None => run(cli),
     };
     match result {

@@ -62,6 +62,10 @@ pub(crate) struct ScaleResult {
     pub(crate) daemon_full: Option<crate::daemon::DaemonStep>,
     /// The in-process syncer: the same steps as `incremental`.
     pub(crate) daemon: Vec<crate::daemon::DaemonStep>,
+    /// `nftproxy run` against a real API server.
+    pub(crate) netprog: Option<crate::netprog::NetProg>,
+    /// Why that was not run.
+    pub(crate) netprog_skipped: Option<String>,
     /// Stages that failed.
     pub(crate) errors: Vec<String>,
 }
@@ -205,6 +209,14 @@ fn targets() -> Vec<(&'static str, Target)> {
             },
         ),
         (
+            "daemon: peak RSS (VmHWM)",
+            Target {
+                text: "< 400 MB @10k",
+                at: Some(10_000),
+                check: |r| Some(r.netprog.as_ref()?.daemon_hwm_kib()? as f64 * 1024.0 < 400e6),
+            },
+        ),
+        (
             "reference / ours (full apply)",
             Target {
                 text: ">= 30x @10k",
@@ -244,6 +256,24 @@ pub(crate) fn evaluate(results: &[ScaleResult]) -> Vec<TargetResult> {
         }
     }
     out
+}
+
+/// Latency quantiles of the real-API-server run with this minSyncPeriod.
+fn netprog_latency(r: &ScaleResult, period: &str) -> Option<String> {
+    let run = r.netprog.as_ref()?.run(period)?;
+    let l = run.latency.as_ref()?;
+    let mut text = format!("{} / {} / {}", ms(l.p50), ms(l.p99), ms(l.max));
+    if run.changes.len() != 100 {
+        text.push_str(&format!(" ({} changes)", run.changes.len()));
+    }
+    Some(text)
+}
+
+/// The daemon's own sync time and the PATCH round trip of that run.
+fn netprog_parts(r: &ScaleResult, period: &str) -> Option<String> {
+    let run = r.netprog.as_ref()?.run(period)?;
+    let (s, q) = (run.sync.as_ref()?, run.request.as_ref()?);
+    Some(format!("{} / {}; {}", ms(s.p50), ms(s.p99), ms(q.p50)))
 }
 
 fn daemon_cell(r: &ScaleResult, i: usize) -> Option<String> {
@@ -428,6 +458,78 @@ fn rows() -> Vec<(&'static str, Cell)> {
         }),
         ("data plane: median N / median base", |r| {
             Some(format!("{:.2}x", r.dataplane.as_ref()?.ratio()))
+        }),
+        (
+            "daemon (real API server): load (wall, objects; NodePort/LB past port 32767 made ClusterIP)",
+            |r| {
+                if let Some(why) = &r.netprog_skipped {
+                    return Some(format!("skipped ({why})"));
+                }
+                let p = r.netprog.as_ref()?;
+                Some(format!(
+                    "{}, {} objects ({:.0} req/s, {} in flight), {} made ClusterIP",
+                    secs(p.load_ms),
+                    p.objects,
+                    p.requests as f64 / (p.load_ms / 1e3),
+                    p.concurrency,
+                    p.made_cluster_ip
+                ))
+            },
+        ),
+        (
+            "daemon (real API server): first full sync (wall, ops)",
+            |r| {
+                let p = r.netprog.as_ref()?;
+                let run = p.run("1s").or(p.runs.first())?;
+                Some(format!(
+                    "{}, {} ops (lists {}, sync {})",
+                    secs(run.first_sync_ms),
+                    run.first_sync.ops,
+                    secs(run.initial_lists_ms?),
+                    secs(run.first_sync.duration_ms)
+                ))
+            },
+        ),
+        (
+            "daemon: network programming latency p50 / p99 / max (100 changes, minSyncPeriod 1s)",
+            |r| netprog_latency(r, "1s"),
+        ),
+        (
+            "  sync itself p50 / p99; PATCH round trip p50 (minSyncPeriod 1s)",
+            |r| netprog_parts(r, "1s"),
+        ),
+        (
+            "daemon: network programming latency p50 / p99 / max (100 changes, minSyncPeriod 0s)",
+            |r| netprog_latency(r, "0s"),
+        ),
+        (
+            "  sync itself p50 / p99; PATCH round trip p50 (minSyncPeriod 0s)",
+            |r| netprog_parts(r, "0s"),
+        ),
+        ("daemon: peak RSS (VmHWM)", |r| {
+            let p = r.netprog.as_ref()?;
+            let end = p.runs.iter().filter_map(|r| r.daemon_rss_kib).max();
+            Some(format!(
+                "{} (VmRSS at end {})",
+                mb_kib(p.daemon_hwm_kib()?),
+                end.map_or_else(|| "-".to_owned(), mb_kib)
+            ))
+        }),
+        ("  kube-apiserver / etcd peak RSS (VmHWM)", |r| {
+            let p = r.netprog.as_ref()?;
+            Some(format!(
+                "{} / {}",
+                mb_kib(p.apiserver_hwm_kib?),
+                mb_kib(p.etcd_hwm_kib?)
+            ))
+        }),
+        ("  stage wall time (servers up to down)", |r| {
+            let p = r.netprog.as_ref()?;
+            Some(format!(
+                "{:.0} s (API server start {})",
+                p.stage_ms / 1e3,
+                secs(p.apiserver_start_ms)
+            ))
         }),
     ]
 }
