@@ -49,6 +49,11 @@ fn render(tx: &Transaction, backend: Backend) -> String {
 /// After a failed batch (which changed nothing), finds the first operation nft refuses by checking
 /// ever longer prefixes of the transaction (`--check` commits nothing), to name the object.
 fn first_refused(nft: &Nft, backend: Backend, tx: &Transaction) -> Option<String> {
+    // The whole batch passing `--check` means the commit failed for another reason (transient,
+    // a crash): no operation is to blame.
+    if nft.batch(backend, &render(tx, backend), true).is_ok() {
+        return None;
+    }
     let (mut ok, mut bad) = (0usize, tx.ops.len());
     // Invariant: prefix [..ok] passes, prefix [..bad] fails.
     while bad - ok > 1 {
@@ -70,7 +75,7 @@ pub fn send(nft: &Nft, backend: Backend, tx: &Transaction) -> Result<()> {
     if let Err(e) = nft.batch(backend, &render(tx, backend), false) {
         let culprit = first_refused(nft, backend, tx)
             .map(|op| format!(" at `{op}`"))
-            .unwrap_or_default();
+            .unwrap_or_else(|| " (nft --check accepts it: the commit itself failed)".to_owned());
         return Err(e).with_context(|| {
             format!(
                 "transaction of {} operations refused{culprit}; nothing was changed, the next apply \

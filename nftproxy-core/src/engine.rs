@@ -304,6 +304,8 @@ pub struct Engine {
     relists: BTreeMap<ResourceKind, Relist>,
     /// Services to recompile at the next sync.
     dirty: BTreeSet<ObjectName>,
+    /// Services the sync in flight carries (back to `dirty` if it fails).
+    in_flight_dirty: BTreeSet<ObjectName>,
     /// Something besides services changed (the node, ServiceCIDRs): sync even with `dirty` empty.
     other_dirty: bool,
     /// Oldest change not yet carried by a sync.
@@ -351,6 +353,7 @@ impl Engine {
             listed: BTreeSet::new(),
             relists: BTreeMap::new(),
             dirty: BTreeSet::new(),
+            in_flight_dirty: BTreeSet::new(),
             other_dirty: false,
             pending_since: None,
             in_flight_since: None,
@@ -765,8 +768,11 @@ impl Engine {
 
     /// Moves the pending changes into the sync that starts now; returns how many services.
     fn take_pending(&mut self) -> usize {
-        let n = self.dirty.len();
-        self.dirty.clear();
+        let mut taken = std::mem::take(&mut self.dirty);
+        // A retry carries what the failed sync carried.
+        taken.append(&mut self.in_flight_dirty);
+        let n = taken.len();
+        self.in_flight_dirty = taken;
         self.other_dirty = false;
         self.in_flight_since = self.pending_since.take();
         self.in_flight_triggers = std::mem::take(&mut self.triggers);
@@ -811,6 +817,7 @@ impl Engine {
         services: usize,
     ) {
         self.in_flight_since = None;
+        self.in_flight_dirty.clear();
         self.last_sync_end = Some(now);
         self.last_updated = now;
         self.retry_at = None;
@@ -1375,7 +1382,11 @@ mod tests {
         };
         assert!(a.full);
         fake.apply(&a.transaction).unwrap();
-        e.apply_done(Ok(()), t2);
+        let report = e.apply_done(Ok(()), t2).unwrap();
+        assert_eq!(
+            report.services, 1,
+            "the resync carries the failed sync's service"
+        );
         assert_eq!(fake.dump(), &expected(&e));
         assert!(e.health(t2 + Duration::from_secs(100)).healthy);
     }
