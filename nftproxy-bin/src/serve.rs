@@ -489,38 +489,37 @@ async fn bind(addr: &str, what: &str) -> anyhow::Result<tokio::net::TcpListener>
         .with_context(|| format!("{what}: cannot listen on {addr}"))
 }
 
-/// Starts the health server on `addr` (kube-proxy's healthzBindAddress).
-pub async fn start_health(addr: &str, state: SharedState) -> anyhow::Result<()> {
-    let listener = bind(addr, "healthzBindAddress").await?;
-    tracing::info!("health server on {}", listener.local_addr()?);
-    let app = Router::new()
-        .route("/healthz", any(healthz))
-        .route("/livez", any(livez))
-        .with_state(state);
+/// Serves `app` on `addr` in the background; `what` names the config field in errors and logs.
+async fn serve_on(addr: &str, what: &str, app: Router) -> anyhow::Result<()> {
+    let listener = bind(addr, what).await?;
+    tracing::info!("{what}: serving on {}", listener.local_addr()?);
+    let what = what.to_owned();
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!("health server stopped: {e}");
+            tracing::error!("{what}: server stopped: {e}");
         }
     });
     Ok(())
 }
 
+/// Starts the health server on `addr` (kube-proxy's healthzBindAddress).
+pub async fn start_health(addr: &str, state: SharedState) -> anyhow::Result<()> {
+    let app = Router::new()
+        .route("/healthz", any(healthz))
+        .route("/livez", any(livez))
+        .with_state(state);
+    serve_on(addr, "healthzBindAddress", app).await
+}
+
 /// Starts the metrics server on `addr` (kube-proxy's metricsBindAddress).
 pub async fn start_metrics(addr: &str, state: SharedState) -> anyhow::Result<()> {
-    let listener = bind(addr, "metricsBindAddress").await?;
-    tracing::info!("metrics server on {}", listener.local_addr()?);
     let app = Router::new()
         .route("/metrics", any(metrics))
         .route("/healthz", any(|| async { "ok" }))
         .route("/proxyMode", any(|| async { "nftables" }))
         .route("/configz", any(configz))
         .with_state(state);
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!("metrics server stopped: {e}");
-        }
-    });
-    Ok(())
+    serve_on(addr, "metricsBindAddress", app).await
 }
 
 /// The body of a healthCheckNodePort answer (kube-proxy's, tab-indented, no trailing newline).

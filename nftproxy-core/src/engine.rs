@@ -1047,56 +1047,52 @@ impl Engine {
     /// Replaces every object of `kind` with a relist's, marking only real changes.
     fn swap(&mut self, kind: ResourceKind, relist: &mut Relist, now: Instant) {
         match kind {
-            ResourceKind::Service => {
-                let gone: Vec<ObjectName> = self
-                    .snapshot
-                    .services
-                    .keys()
-                    .filter(|k| !relist.services.contains_key(*k))
-                    .cloned()
-                    .collect();
-                for name in gone {
-                    self.set_service(name, None, now);
-                }
-                for (name, s) in std::mem::take(&mut relist.services) {
-                    self.set_service(name, Some(s), now);
-                }
-            }
-            ResourceKind::EndpointSlice => {
-                let gone: Vec<ObjectName> = self
-                    .snapshot
-                    .slices
-                    .keys()
-                    .filter(|k| !relist.slices.contains_key(*k))
-                    .cloned()
-                    .collect();
-                for name in gone {
-                    self.set_slice(name, None, now);
-                }
-                for (name, s) in std::mem::take(&mut relist.slices) {
-                    self.set_slice(name, Some(s), now);
-                }
-            }
+            ResourceKind::Service => self.swap_map(
+                |s| &s.services,
+                std::mem::take(&mut relist.services),
+                |e, k, v, now| e.set_service(k, v, now),
+                now,
+            ),
+            ResourceKind::EndpointSlice => self.swap_map(
+                |s| &s.slices,
+                std::mem::take(&mut relist.slices),
+                |e, k, v, now| {
+                    e.set_slice(k, v, now);
+                },
+                now,
+            ),
             ResourceKind::Node => {
                 let name = self.config.node_name.clone();
                 let node = relist.nodes.get(&name).cloned();
                 self.set_node(name, node, now);
             }
-            ResourceKind::ServiceCidr => {
-                let gone: Vec<String> = self
-                    .snapshot
-                    .service_cidrs
-                    .keys()
-                    .filter(|k| !relist.cidrs.contains_key(*k))
-                    .cloned()
-                    .collect();
-                for name in gone {
-                    self.set_cidr(name, None, now);
-                }
-                for (name, c) in std::mem::take(&mut relist.cidrs) {
-                    self.set_cidr(name, Some(c), now);
-                }
-            }
+            ResourceKind::ServiceCidr => self.swap_map(
+                |s| &s.service_cidrs,
+                std::mem::take(&mut relist.cidrs),
+                |e, k, v, now| e.set_cidr(k, v, now),
+                now,
+            ),
+        }
+    }
+
+    /// Deletes the objects of one map that `new` lacks, then sets every object of `new`.
+    fn swap_map<K: Ord + Clone, V>(
+        &mut self,
+        current: fn(&Snapshot) -> &BTreeMap<K, V>,
+        new: BTreeMap<K, V>,
+        set: fn(&mut Self, K, Option<V>, Instant),
+        now: Instant,
+    ) {
+        let gone: Vec<K> = current(&self.snapshot)
+            .keys()
+            .filter(|k| !new.contains_key(*k))
+            .cloned()
+            .collect();
+        for k in gone {
+            set(self, k, None, now);
+        }
+        for (k, v) in new {
+            set(self, k, Some(v), now);
         }
     }
 }
