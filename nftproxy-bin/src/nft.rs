@@ -41,59 +41,48 @@ pub fn output_with_timeout(
         .stderr(Stdio::piped())
         .spawn()
         .map_err(CallError::Spawn)?;
-    let reader = |pipe: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(mut p) = pipe {
-                // A read error leaves what was read; the exit status tells the rest.
-                let _ = p.read_to_end(&mut buf);
-            }
-            buf
-        })
-    };
-    let out = reader(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let err = reader(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let writer = match (stdin, child.stdin.take()) {
-        (Some(input), Some(mut pipe)) => {
-            let input = input.to_owned();
-            // A write error shows up as the child's own failure.
-            Some(std::thread::spawn(move || {
+    let out_pipe = child.stdout.take();
+    let err_pipe = child.stderr.take();
+    let in_pipe = child.stdin.take();
+    // Scoped threads borrow `stdin` (a full load's batch is ~100 MB: never copied).
+    std::thread::scope(|scope| {
+        let out = scope.spawn(|| read_all(out_pipe));
+        let err = scope.spawn(|| read_all(err_pipe));
+        if let (Some(input), Some(mut pipe)) = (stdin, in_pipe) {
+            scope.spawn(move || {
+                // A write error shows up as the child's own failure.
                 let _ = pipe.write_all(input.as_bytes());
-            }))
+            });
         }
-        _ => None,
-    };
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait().map_err(CallError::Spawn)? {
-            Some(status) => break status,
-            None if Instant::now() >= deadline => {
-                // Killing closes its pipes, which ends the reader and writer threads.
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(CallError::Timeout(timeout));
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            match child.try_wait().map_err(CallError::Spawn)? {
+                Some(status) => break status,
+                None if Instant::now() >= deadline => {
+                    // Killing closes its pipes, which ends the reader and writer threads.
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(CallError::Timeout(timeout));
+                }
+                None => std::thread::sleep(Duration::from_millis(2)),
             }
-            None => std::thread::sleep(Duration::from_millis(2)),
-        }
-    };
-    if let Some(w) = writer {
-        let _ = w.join();
-    }
-    Ok(Output {
-        status,
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
+        };
+        Ok(Output {
+            status,
+            stdout: out.join().unwrap_or_default(),
+            stderr: err.join().unwrap_or_default(),
+        })
     })
+}
+
+/// Everything a child wrote to one pipe; a read error leaves what was read (the exit status
+/// tells the rest).
+fn read_all(pipe: Option<impl Read>) -> Vec<u8> {
+    let mut buf = Vec::new();
+    if let Some(mut p) = pipe {
+        let _ = p.read_to_end(&mut buf);
+    }
+    buf
 }
 
 /// How transactions are sent to the kernel.
