@@ -22,6 +22,9 @@
 //! longer fit are loaded as ClusterIP services, and counted (about 800 of 10k). Objects are
 //! created with `--netprog-concurrency` requests in flight.
 //!
+//! The namespace has its loopback and the node's IP ([`crate::NODE_IP`], where the daemon binds its
+//! healthCheckNodePort servers) on a veth pair whose both ends stay inside it.
+//!
 //! The API server listens on the namespace's loopback only, so everything that talks to it runs
 //! inside the namespace: this program re-executes itself there (`nftproxy-bench netprog --spec`),
 //! loads the objects with kube-rs, starts the daemon as its own child and prints the results as
@@ -327,6 +330,16 @@ fn service_cidr(n: usize) -> &'static str {
 pub(crate) fn measure(setup: &Setup, snapshot: &Path, n: usize, m: usize) -> Result<NetProg> {
     let stage_start = Instant::now();
     let ns = Netns::new("realapi")?;
+    // The node's IP (the Node's InternalIP), on a veth pair whose both ends stay in the namespace:
+    // the daemon binds its healthCheckNodePort servers there.
+    for cmd in [
+        "ip link add node0 type veth peer name node0-peer".to_owned(),
+        format!("ip addr add {}/24 dev node0", crate::NODE_IP),
+        "ip link set node0 up".to_owned(),
+        "ip link set node0-peer up".to_owned(),
+    ] {
+        ns.ok(&cmd.split_whitespace().collect::<Vec<_>>())?;
+    }
     let dir = setup
         .workdir
         .join(format!("{DIR_PREFIX}{}-{n}x{m}", std::process::id()));
