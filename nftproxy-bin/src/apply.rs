@@ -159,7 +159,7 @@ pub fn apply(table: &str, desired: &Ruleset, opts: &ApplyOptions) -> Result<()> 
     send(&nft, backend, &tx)?;
     let flows = nftproxy_core::conntrack::stale_flows(&current, desired);
     let flushed = match conntrack::flush(&nft, &flows) {
-        Ok(n) => n,
+        Ok(f) => f.filters,
         Err(e) => {
             // The rules are in place; stale UDP flows only live until they time out.
             tracing::warn!("deleting stale UDP conntrack entries: {e}");

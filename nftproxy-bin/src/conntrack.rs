@@ -20,11 +20,20 @@ pub fn args(f: &StaleFlow) -> Vec<String> {
     a
 }
 
+/// What a [`flush`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Flushed {
+    /// `conntrack -D` filters run.
+    pub filters: usize,
+    /// Entries deleted, as conntrack reported them.
+    pub deleted: u64,
+}
+
 /// Deletes the entries (in nft's network namespace), one `conntrack -D` call per filter, each
-/// killed after the nft call timeout; returns how many filters ran. Exit status 1 with "0 flow
-/// entries" only means nothing matched; any other failure is an error naming the filter.
-pub fn flush(nft: &Nft, flows: &[StaleFlow]) -> Result<usize, String> {
-    let mut n = 0;
+/// killed after the nft call timeout. Exit status 1 with "0 flow entries" only means nothing
+/// matched; any other failure is an error naming the filter.
+pub fn flush(nft: &Nft, flows: &[StaleFlow]) -> Result<Flushed, String> {
+    let mut done = Flushed::default();
     for f in flows {
         let mut cmd = nft.command("conntrack");
         cmd.args(args(f));
@@ -47,9 +56,22 @@ pub fn flush(nft: &Nft, flows: &[StaleFlow]) -> Result<usize, String> {
                 stderr.trim()
             ));
         }
-        n += 1;
+        done.filters += 1;
+        done.deleted += deleted_count(&stderr);
     }
-    Ok(n)
+    Ok(done)
+}
+
+/// The count in conntrack's "N flow entries have been deleted." line (0 if absent).
+fn deleted_count(stderr: &str) -> u64 {
+    stderr
+        .split("): ")
+        .nth(1)
+        .unwrap_or(stderr)
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -78,5 +100,16 @@ mod tests {
             args(&np).join(" "),
             "-D -p udp -f ipv6 --orig-port-dst 30053"
         );
+    }
+
+    #[test]
+    fn deleted_entries_are_counted() {
+        assert_eq!(
+            deleted_count(
+                "conntrack v1.4.7 (conntrack-tools): 12 flow entries have been deleted.\n"
+            ),
+            12
+        );
+        assert_eq!(deleted_count(""), 0);
     }
 }

@@ -386,11 +386,22 @@ async fn run_async(opts: RunOptions) -> Result<()> {
         // Carry out whatever is due.
         while let Some(action) = engine.poll(Instant::now()) {
             let k = kernel.clone();
+            let started = Instant::now();
             let outcome = tokio::task::spawn_blocking(move || k.perform(action))
                 .await
                 .context("nft worker thread")?;
-            if let crate::sync::Outcome::Conntrack(Err(e)) = &outcome {
-                tracing::warn!("deleting stale UDP conntrack entries: {e}");
+            match &outcome {
+                crate::sync::Outcome::Conntrack(Err(e)) => {
+                    tracing::warn!("deleting stale UDP conntrack entries: {e}");
+                }
+                crate::sync::Outcome::Conntrack(Ok(f)) => {
+                    lock(&shared).metrics.observe_conntrack(
+                        started.elapsed(),
+                        f.deleted,
+                        &engine.families(),
+                    );
+                }
+                _ => {}
             }
             outcome.report(&mut engine);
         }

@@ -75,6 +75,8 @@ pub struct Metrics {
     ruleset_elements: Family<Labels, Gauge>,
     last_transaction_ops: Gauge,
     conntrack_filters: Counter,
+    conntrack_duration: Histograms,
+    conntrack_deleted: Family<Labels, Counter>,
     seen: nftproxy_core::engine::Stats,
 }
 
@@ -115,6 +117,8 @@ impl Metrics {
             ruleset_elements: Family::default(),
             last_transaction_ops: Gauge::default(),
             conntrack_filters: Counter::default(),
+            conntrack_duration: h(),
+            conntrack_deleted: Family::default(),
             seen: Default::default(),
             registry: Registry::default(),
         };
@@ -204,7 +208,28 @@ impl Metrics {
             "Cumulative conntrack deletion filters run for stale UDP flows",
             m.conntrack_filters.clone(),
         );
+        r.register(
+            "kubeproxy_conntrack_reconciler_sync_duration_seconds",
+            "Time spent deleting stale UDP conntrack entries after a sync",
+            m.conntrack_duration.clone(),
+        );
+        r.register(
+            "kubeproxy_conntrack_reconciler_deleted_entries",
+            "Cumulative stale UDP conntrack entries deleted",
+            m.conntrack_deleted.clone(),
+        );
         Self { registry, ..m }
+    }
+
+    /// Records a stale-flow cleanup after a sync.
+    pub fn observe_conntrack(&self, took: Duration, deleted: u64, families: &[IpFamily]) {
+        for f in families {
+            let l = ip_family(*f);
+            self.conntrack_duration
+                .get_or_create(&l)
+                .observe(took.as_secs_f64());
+            self.conntrack_deleted.get_or_create(&l).inc_by(deleted);
+        }
     }
 
     /// Records a finished sync.

@@ -33,8 +33,8 @@ pub enum Outcome {
     ReadBack(Result<Ruleset, String>),
     /// Whether the transaction was committed.
     Apply(Result<(), String>),
-    /// conntrack filters run.
-    Conntrack(Result<usize, String>),
+    /// conntrack filters run and entries deleted.
+    Conntrack(Result<conntrack::Flushed, String>),
     /// An action this driver does not know (the engine may grow new ones).
     Unknown,
 }
@@ -60,7 +60,7 @@ impl Outcome {
             }
             Self::Apply(r) => engine.apply_done(r, now),
             Self::Conntrack(r) => {
-                engine.conntrack_done(r, now);
+                engine.conntrack_done(r.map(|f| f.filters), now);
                 None
             }
             Self::Unknown => None,
