@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 
 use crate::nft::{Backend, Nft};
 use crate::probe;
-use crate::serve::{self, ServiceHealthServers, Shared, SharedState};
+use crate::serve::{self, lock, ServiceHealthServers, Shared, SharedState};
 use crate::sync::Kernel;
 
 /// kube-proxy's label selector for Services and EndpointSlices without a serviceProxyName.
@@ -458,11 +458,6 @@ async fn run_async(opts: RunOptions) -> Result<()> {
             }
         }
     }
-}
-
-fn lock(state: &SharedState) -> std::sync::MutexGuard<'_, Shared> {
-    // A panic while holding the lock leaves plain data behind; keep using it.
-    state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// `/configz`: the effective configuration, in KubeProxyConfiguration field names.

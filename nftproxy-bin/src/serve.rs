@@ -474,8 +474,8 @@ struct FamilyStatus {
     healthy: bool,
 }
 
-fn lock(state: &SharedState) -> std::sync::MutexGuard<'_, Shared> {
-    // A panic while holding the lock leaves plain data behind; keep serving it.
+/// Locks the shared state. A panic while holding the lock leaves plain data behind: keep using it.
+pub fn lock(state: &SharedState) -> std::sync::MutexGuard<'_, Shared> {
     state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
