@@ -45,6 +45,12 @@ mod netns;
 mod netprog;
 mod report;
 
+/// mimalloc instead of glibc's allocator: after a full load frees hundreds of thousands of
+/// small allocations, glibc's next allocations consolidate them for 100+ ms (the first
+/// one-endpoint sync after a full sync took 133 ms at 10k services; 0.55 ms with mimalloc).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use cluster::{Cluster, Format};
 use kernel::Nftproxy;
 use netns::Netns;

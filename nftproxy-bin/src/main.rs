@@ -11,6 +11,12 @@ use nftproxy_core::trace;
 
 mod input;
 
+/// mimalloc instead of glibc's allocator: after a full load frees hundreds of thousands of
+/// small allocations, glibc's next allocations consolidate them for 100+ ms (the first
+/// one-endpoint sync after a full sync took 133 ms at 10k services; 0.55 ms with mimalloc).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use nftproxy_bin::{apply, nft, probe, run};
 
 use input::InputArgs;
