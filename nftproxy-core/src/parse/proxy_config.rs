@@ -1,8 +1,9 @@
 //! `KubeProxyConfiguration` documents (`kubeproxy.config.k8s.io/v1alpha1`).
 //!
-//! The fields that apply to an nftables proxy are read; the many others (mode, iptables, ipvs,
-//! conntrack, ...) are accepted and ignored so that an existing kube-proxy config file works as
-//! is. A field kube-proxy does not know either is an error, so that typos do not pass silently.
+//! The fields that apply to an nftables proxy are read, and `conntrack` for the daemon's sysctls;
+//! the many others (mode, iptables, ipvs, ...) are accepted so that an existing kube-proxy config
+//! file works as is, but still type-checked as kube-proxy would. A field kube-proxy does not know
+//! either is an error, so that typos do not pass silently.
 //! nftproxy's own settings live under a top-level `nftproxy:` key.
 
 use std::collections::BTreeMap;
@@ -19,28 +20,9 @@ const KIND: &str = "KubeProxyConfiguration";
 /// Longest table name accepted.
 const MAX_TABLE_NAME: usize = 64;
 
-/// Top-level `KubeProxyConfiguration` fields that are valid but do not apply to nftproxy.
-const IGNORED_FIELDS: &[&str] = &[
-    "bindAddress",
-    "bindAddressHardFail",
-    "configSyncPeriod",
-    "conntrack",
-    "enableProfiling",
-    "featureGates",
-    "iptables",
-    "ipvs",
-    "logging",
-    "minSyncPeriod",
-    "mode",
-    "oomScoreAdj",
-    "portRange",
-    "showHiddenMetricsForVersion",
-    "syncPeriod",
-    // Removed with the userspace proxier; still found in old files.
-    "udpIdleTimeout",
-    "windowsRunAsService",
-    "winkernel",
-];
+/// Top-level `KubeProxyConfiguration` sections that are valid but whose content nftproxy neither
+/// uses nor checks (they configure other platforms or the logger).
+const IGNORED_FIELDS: &[&str] = &["logging", "winkernel"];
 
 /// Why a proxy configuration could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +30,7 @@ pub enum ConfigError {
     /// Not valid YAML/JSON, or a field has the wrong type (the message names the field's path
     /// and the line).
     #[error("invalid KubeProxyConfiguration: {0}")]
-    Decode(#[source] serde_yaml::Error),
+    Decode(serde_yaml::Error),
     /// `apiVersion` / `kind` are not `kubeproxy.config.k8s.io/v1alpha1` / `KubeProxyConfiguration`.
     #[error(
         "expected apiVersion {API_VERSION:?} and kind {KIND:?}, found apiVersion {api_version:?} and kind {kind:?}"
@@ -141,6 +123,37 @@ struct KubeProxyConfiguration {
     client_connection: Option<ClientConnection>,
     healthz_bind_address: Option<String>,
     metrics_bind_address: Option<String>,
+    conntrack: Option<Conntrack>,
+    // Valid fields that do not apply to nftproxy: typed, so that a value of the wrong type is
+    // reported (kube-proxy would refuse it) instead of passing silently.
+    #[serde(rename = "iptables")]
+    _iptables: Option<Iptables>,
+    #[serde(rename = "ipvs")]
+    _ipvs: Option<Ipvs>,
+    #[serde(rename = "featureGates")]
+    _feature_gates: Option<BTreeMap<String, bool>>,
+    #[serde(rename = "bindAddress")]
+    _bind_address: Option<String>,
+    #[serde(rename = "bindAddressHardFail")]
+    _bind_address_hard_fail: Option<bool>,
+    config_sync_period: Option<String>,
+    #[serde(rename = "enableProfiling")]
+    _enable_profiling: Option<bool>,
+    #[serde(rename = "mode")]
+    _mode: Option<String>,
+    #[serde(rename = "oomScoreAdj")]
+    _oom_score_adj: Option<i32>,
+    #[serde(rename = "portRange")]
+    _port_range: Option<String>,
+    #[serde(rename = "showHiddenMetricsForVersion")]
+    _show_hidden_metrics_for_version: Option<String>,
+    /// Top-level `syncPeriod` / `minSyncPeriod` (newer files): checked; `nftables.*` is used.
+    sync_period: Option<String>,
+    min_sync_period: Option<String>,
+    /// Removed with the userspace proxier; still found in old files.
+    udp_idle_timeout: Option<String>,
+    #[serde(rename = "windowsRunAsService")]
+    _windows_run_as_service: Option<bool>,
     /// Everything else; checked against [`IGNORED_FIELDS`].
     #[serde(flatten)]
     other: BTreeMap<String, serde_yaml::Value>,
@@ -154,6 +167,86 @@ struct Nftables {
     masquerade_all: Option<bool>,
     sync_period: Option<String>,
     min_sync_period: Option<String>,
+}
+
+/// `conntrack:`, applied as sysctls by the daemon (see [`ConntrackSettings`]).
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Conntrack {
+    max_per_core: Option<i32>,
+    min: Option<i32>,
+    tcp_established_timeout: Option<String>,
+    tcp_close_wait_timeout: Option<String>,
+    tcp_be_liberal: Option<bool>,
+    udp_timeout: Option<String>,
+    udp_stream_timeout: Option<String>,
+}
+
+/// `iptables:`: not used, checked.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Iptables {
+    #[serde(rename = "masqueradeBit")]
+    _masquerade_bit: Option<i32>,
+    #[serde(rename = "masqueradeAll")]
+    _masquerade_all: Option<bool>,
+    #[serde(rename = "localhostNodePorts")]
+    _localhost_node_ports: Option<bool>,
+    sync_period: Option<String>,
+    min_sync_period: Option<String>,
+}
+
+/// `ipvs:`: not used, checked.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Ipvs {
+    sync_period: Option<String>,
+    min_sync_period: Option<String>,
+    #[serde(rename = "scheduler")]
+    _scheduler: Option<String>,
+    #[serde(rename = "excludeCIDRs")]
+    _exclude_cidrs: Option<Vec<String>>,
+    #[serde(rename = "strictARP")]
+    _strict_arp: Option<bool>,
+    tcp_timeout: Option<String>,
+    tcp_fin_timeout: Option<String>,
+    udp_timeout: Option<String>,
+}
+
+/// The `conntrack:` settings kube-proxy applies as sysctls at start, with its defaults.
+///
+/// `nf_conntrack_max` becomes `max(max_per_core × CPUs, min)` when that is larger than the current
+/// value (0 for either leaves it alone); each timeout is written when set and non-zero.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConntrackSettings {
+    /// `conntrack.maxPerCore` (default 32768; 0: leave `nf_conntrack_max` alone).
+    pub max_per_core: u32,
+    /// `conntrack.min` (default 131072).
+    pub min: u32,
+    /// `conntrack.tcpEstablishedTimeout` (default 24h) → `nf_conntrack_tcp_timeout_established`.
+    pub tcp_established_timeout: Option<Duration>,
+    /// `conntrack.tcpCloseWaitTimeout` (default 1h) → `nf_conntrack_tcp_timeout_close_wait`.
+    pub tcp_close_wait_timeout: Option<Duration>,
+    /// `conntrack.tcpBeLiberal` → `nf_conntrack_tcp_be_liberal = 1` when true.
+    pub tcp_be_liberal: bool,
+    /// `conntrack.udpTimeout` → `nf_conntrack_udp_timeout`.
+    pub udp_timeout: Option<Duration>,
+    /// `conntrack.udpStreamTimeout` → `nf_conntrack_udp_timeout_stream`.
+    pub udp_stream_timeout: Option<Duration>,
+}
+
+impl Default for ConntrackSettings {
+    fn default() -> Self {
+        Self {
+            max_per_core: 32_768,
+            min: 131_072,
+            tcp_established_timeout: Some(Duration::from_secs(24 * 3600)),
+            tcp_close_wait_timeout: Some(Duration::from_secs(3600)),
+            tcp_be_liberal: false,
+            udp_timeout: None,
+            udp_stream_timeout: None,
+        }
+    }
 }
 
 /// `clientConnection:`; only `kubeconfig` is used.
@@ -185,6 +278,8 @@ pub struct DaemonConfig {
     pub metrics_bind_address: String,
     /// `clientConnection.kubeconfig`, if set.
     pub kubeconfig: Option<String>,
+    /// `conntrack:`.
+    pub conntrack: ConntrackSettings,
 }
 
 impl Default for DaemonConfig {
@@ -195,6 +290,7 @@ impl Default for DaemonConfig {
             healthz_bind_address: "0.0.0.0:10256".to_owned(),
             metrics_bind_address: "127.0.0.1:10249".to_owned(),
             kubeconfig: None,
+            conntrack: ConntrackSettings::default(),
         }
     }
 }
@@ -321,7 +417,69 @@ pub fn parse_daemon_config(input: &str) -> Result<DaemonConfig, ConfigError> {
         .client_connection
         .and_then(|c| c.kubeconfig)
         .filter(|k| !k.is_empty());
+    // Durations of sections we do not use are still checked.
+    let iptables = doc._iptables.unwrap_or_default();
+    let ipvs = doc._ipvs.unwrap_or_default();
+    for (field, value) in [
+        ("configSyncPeriod", &doc.config_sync_period),
+        ("syncPeriod", &doc.sync_period),
+        ("minSyncPeriod", &doc.min_sync_period),
+        ("udpIdleTimeout", &doc.udp_idle_timeout),
+        ("iptables.syncPeriod", &iptables.sync_period),
+        ("iptables.minSyncPeriod", &iptables.min_sync_period),
+        ("ipvs.syncPeriod", &ipvs.sync_period),
+        ("ipvs.minSyncPeriod", &ipvs.min_sync_period),
+        ("ipvs.tcpTimeout", &ipvs.tcp_timeout),
+        ("ipvs.tcpFinTimeout", &ipvs.tcp_fin_timeout),
+        ("ipvs.udpTimeout", &ipvs.udp_timeout),
+    ] {
+        if let Some(v) = value.as_deref().filter(|v| !v.is_empty()) {
+            duration_field(field, v)?;
+        }
+    }
+    if let Some(c) = doc.conntrack {
+        daemon.conntrack = conntrack_settings(c)?;
+    }
     Ok(daemon)
+}
+
+fn conntrack_settings(c: Conntrack) -> Result<ConntrackSettings, ConfigError> {
+    let mut out = ConntrackSettings::default();
+    let count = |field: &str, v: i32| {
+        u32::try_from(v).map_err(|_| ConfigError::OutOfRange {
+            field: field.to_owned(),
+            value: v.into(),
+            expected: "0 or more",
+        })
+    };
+    if let Some(v) = c.max_per_core {
+        out.max_per_core = count("conntrack.maxPerCore", v)?;
+    }
+    if let Some(v) = c.min {
+        out.min = count("conntrack.min", v)?;
+    }
+    let timeout = |field: &str, v: Option<String>, default: Option<Duration>| match v
+        .as_deref()
+        .filter(|v| !v.is_empty())
+    {
+        None => Ok(default),
+        // kube-proxy: a zero timeout leaves the sysctl alone.
+        Some(v) => duration_field(field, v).map(|d| Some(d).filter(|d| !d.is_zero())),
+    };
+    out.tcp_established_timeout = timeout(
+        "conntrack.tcpEstablishedTimeout",
+        c.tcp_established_timeout,
+        out.tcp_established_timeout,
+    )?;
+    out.tcp_close_wait_timeout = timeout(
+        "conntrack.tcpCloseWaitTimeout",
+        c.tcp_close_wait_timeout,
+        out.tcp_close_wait_timeout,
+    )?;
+    out.tcp_be_liberal = c.tcp_be_liberal.unwrap_or(false);
+    out.udp_timeout = timeout("conntrack.udpTimeout", c.udp_timeout, None)?;
+    out.udp_stream_timeout = timeout("conntrack.udpStreamTimeout", c.udp_stream_timeout, None)?;
+    Ok(out)
 }
 
 fn duration_field(field: &str, value: &str) -> Result<Duration, ConfigError> {
@@ -610,6 +768,66 @@ winkernel:
             e,
             "nftables.syncPeriod: \"soon\" is not a valid duration (e.g. 30s, 1m0s, 500ms)"
         );
+    }
+
+    #[test]
+    fn fields_that_do_not_apply_are_still_type_checked() {
+        for (body, wanted) in [
+            (
+                "conntrack: {maxPerCore: a}\n",
+                "conntrack.maxPerCore: invalid type",
+            ),
+            ("conntrack: {maxPerCor: 1}\n", "unknown field `maxPerCor`"),
+            (
+                "iptables: {masqueradeAll: \"yes\"}\n",
+                "iptables.masqueradeAll: invalid type",
+            ),
+            ("ipvs: {strictARP: 1}\n", "ipvs.strictARP: invalid type"),
+            ("oomScoreAdj: high\n", "oomScoreAdj: invalid type"),
+            ("featureGates: {A: maybe}\n", "featureGates.A: invalid type"),
+            ("mode: [nftables]\n", "mode: invalid type"),
+            (
+                "nftproxy: {serviceProxyName: [a]}\n",
+                "nftproxy.serviceProxyName: invalid type",
+            ),
+            (
+                "configSyncPeriod: soon\n",
+                "configSyncPeriod: \"soon\" is not a valid duration",
+            ),
+            (
+                "ipvs: {tcpTimeout: 5}\n",
+                "ipvs.tcpTimeout: \"5\" is not a valid duration",
+            ),
+            (
+                "conntrack: {min: -1}\n",
+                "conntrack.min: -1 is out of range",
+            ),
+        ] {
+            let e = err(body);
+            assert!(e.contains(wanted), "{body:?}: {e}");
+        }
+        // Sections of other platforms and the logger are not looked into.
+        parse("logging: {format: text, anything: [1]}\nwinkernel: {enableDSR: 1}\n").unwrap();
+    }
+
+    #[test]
+    fn conntrack_settings_with_kube_proxy_defaults() {
+        let d = parse_daemon_config(HEADER).unwrap();
+        assert_eq!(d.conntrack, ConntrackSettings::default());
+        assert_eq!(d.conntrack.max_per_core, 32_768);
+        let d = parse_daemon_config(&format!(
+            "{HEADER}conntrack: {{maxPerCore: 0, min: null, tcpEstablishedTimeout: 0s, \
+             tcpCloseWaitTimeout: 30m, tcpBeLiberal: true, udpTimeout: 30s, udpStreamTimeout: 2m}}\n"
+        ))
+        .unwrap()
+        .conntrack;
+        assert_eq!(d.max_per_core, 0);
+        assert_eq!(d.min, 131_072);
+        assert_eq!(d.tcp_established_timeout, None);
+        assert_eq!(d.tcp_close_wait_timeout, Some(Duration::from_secs(1800)));
+        assert!(d.tcp_be_liberal);
+        assert_eq!(d.udp_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(d.udp_stream_timeout, Some(Duration::from_secs(120)));
     }
 
     #[test]
