@@ -13,12 +13,14 @@
 //! [`parse_config`] reads a `KubeProxyConfiguration` (see [`ConfigError`] for what is rejected).
 
 mod proxy_config;
+mod strict;
 
 pub use proxy_config::{
     parse_config, parse_daemon_config, parse_duration, validate_table_name, ConfigError,
-    DaemonConfig,
+    ConntrackSettings, DaemonConfig,
 };
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -26,8 +28,7 @@ use k8s_openapi::api::core::v1 as corev1;
 use k8s_openapi::api::discovery::v1 as discoveryv1;
 use k8s_openapi::api::networking::v1 as networkingv1;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::de::{DeserializeOwned, DeserializeSeed};
 use serde_json::Value;
 
 #[cfg(doc)]
@@ -41,6 +42,9 @@ use crate::snapshot::{
 const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
 /// Largest `sessionAffinityConfig.clientIP.timeoutSeconds` Kubernetes accepts (1 day).
 const MAX_AFFINITY_TIMEOUT: i64 = 86_400;
+/// The largest snapshot [`parse_snapshot`] reads: 1 GiB (100k services with 10 endpoints each
+/// take about 180 MB as JSON).
+pub const MAX_SNAPSHOT_BYTES: usize = 1 << 30;
 /// Namespace assumed for namespaced objects without `metadata.namespace`.
 const DEFAULT_NAMESPACE: &str = "default";
 
@@ -61,10 +65,10 @@ pub struct ParsedSnapshot {
 pub enum ParseError {
     /// The input is not valid YAML.
     #[error("invalid yaml: {0}")]
-    Yaml(#[source] serde_yaml::Error),
+    Yaml(serde_yaml::Error),
     /// The input looks like JSON but is neither valid JSON nor valid YAML.
     #[error("invalid json: {0}")]
-    Json(#[source] serde_json::Error),
+    Json(serde_json::Error),
     /// An item is not a mapping.
     #[error(
         "object #{index}: not a kubernetes object (expected a mapping with apiVersion and kind)"
@@ -131,6 +135,32 @@ pub enum ParseError {
         /// The offending value.
         value: i64,
     },
+    /// A required field is missing (or holds the zero value, which decodes the same).
+    #[error("{object}: {field}: required value is missing")]
+    Required {
+        /// The object.
+        object: String,
+        /// The field.
+        field: String,
+    },
+    /// A field that the API server would refuse in combination with another.
+    #[error("{object}: {field}: {message}")]
+    Invalid {
+        /// The object.
+        object: String,
+        /// The field.
+        field: String,
+        /// What is wrong, as the API server would say it.
+        message: String,
+    },
+    /// The input is larger than [`MAX_SNAPSHOT_BYTES`].
+    #[error(
+        "the input is {size} bytes, more than the {MAX_SNAPSHOT_BYTES} bytes a snapshot may have"
+    )]
+    TooLarge {
+        /// Its size in bytes.
+        size: usize,
+    },
     /// A number outside the range Kubernetes allows for the field.
     #[error("{object}: {field}: {value} is out of range ({expected})")]
     OutOfRange {
@@ -163,16 +193,38 @@ pub enum ParseError {
 /// resolved in favour of the last one, with a warning. Namespaced objects without
 /// `metadata.namespace` are taken to be in `default`.
 pub fn parse_snapshot(input: &str) -> Result<ParsedSnapshot, ParseError> {
-    let mut objects = Vec::new();
-    for document in read_documents(input)? {
-        flatten_lists(document, &mut objects);
+    if input.len() > MAX_SNAPSHOT_BYTES {
+        return Err(ParseError::TooLarge { size: input.len() });
     }
     let mut parsed = ParsedSnapshot::default();
-    for (position, object) in objects.into_iter().enumerate() {
-        parsed.add_object(object, position + 1)?;
+    let mut skipped = Skipped::default();
+    let mut position = 0;
+    for document in read_documents(input)? {
+        let mut objects = Vec::new();
+        flatten_lists(document, &mut objects);
+        for object in objects {
+            position += 1;
+            parsed.add_object(object, position, &mut skipped)?;
+        }
+    }
+    let mut skipped: Vec<_> = skipped.into_iter().collect();
+    skipped.sort_by_key(|(_, (first, ..))| *first);
+    for ((api_version, kind), (_, count, first)) in skipped {
+        let message = match count {
+            1 => format!("{api_version} {kind} is not used by the proxy; skipped"),
+            n => format!(
+                "{api_version} {kind} is not used by the proxy; {n} objects of this kind skipped"
+            ),
+        };
+        parsed.warn(first, message);
     }
     Ok(parsed)
 }
+
+/// Objects of kinds the proxy does not read, per apiVersion and kind: how many, and the label of
+/// the first (one warning per kind, not per object: a dump of a whole cluster has many), in the
+/// order of first appearance.
+type Skipped = BTreeMap<(String, String), (usize, usize, String)>;
 
 /// Converts a typed Service (as a watch delivers it) into the validated type. Namespace `default`
 /// is assumed when `metadata.namespace` is unset, as in [`parse_snapshot`].
@@ -263,9 +315,7 @@ fn object_name(metadata: &ObjectMeta, kind: &str) -> Result<ObjectName, ParseErr
 fn read_documents(input: &str) -> Result<Vec<Value>, ParseError> {
     let trimmed = input.trim_start();
     if trimmed.starts_with('{') || trimmed.starts_with('[') {
-        let json: Result<Vec<Value>, _> = serde_json::Deserializer::from_str(input)
-            .into_iter::<Value>()
-            .collect();
+        let json = read_json(input);
         return match json {
             Ok(documents) => Ok(documents),
             // A YAML flow mapping also starts with `{`: only report the JSON error if it is not
@@ -276,10 +326,27 @@ fn read_documents(input: &str) -> Result<Vec<Value>, ParseError> {
     read_yaml(input)
 }
 
-/// Reads every document of a YAML stream.
+/// Reads concatenated JSON values, rejecting duplicate keys.
+fn read_json(input: &str) -> Result<Vec<Value>, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_str(input);
+    let mut out = Vec::new();
+    loop {
+        // Whitespace between and after values is allowed; `end` fails only on other trailing text.
+        if de.end().is_ok() {
+            return Ok(out);
+        }
+        out.push(strict::Strict { yaml: false }.deserialize(&mut de)?);
+    }
+}
+
+/// Reads every document of a YAML stream, rejecting duplicate keys and applying merge keys.
 fn read_yaml(input: &str) -> Result<Vec<Value>, ParseError> {
     serde_yaml::Deserializer::from_str(input)
-        .map(|document| Value::deserialize(document).map_err(ParseError::Yaml))
+        .map(|document| {
+            strict::Strict { yaml: true }
+                .deserialize(document)
+                .map_err(ParseError::Yaml)
+        })
         .collect()
 }
 
@@ -327,7 +394,12 @@ enum Kind {
 
 impl ParsedSnapshot {
     /// Dispatches one object on its apiVersion and kind.
-    fn add_object(&mut self, object: Value, index: usize) -> Result<(), ParseError> {
+    fn add_object(
+        &mut self,
+        object: Value,
+        index: usize,
+        skipped: &mut Skipped,
+    ) -> Result<(), ParseError> {
         let Value::Object(map) = &object else {
             return Err(ParseError::NotAnObject { index });
         };
@@ -358,10 +430,10 @@ impl ParsedSnapshot {
                     (None, Some(name)) => format!("{kind_str} {name}"),
                     (_, None) => format!("{kind_str} (object #{index})"),
                 };
-                self.warn(
-                    object,
-                    format!("{api_version} {kind_str} is not used by the proxy; skipped"),
-                );
+                skipped
+                    .entry((api_version.to_owned(), kind_str.to_owned()))
+                    .or_insert((index, 0, object))
+                    .1 += 1;
                 return Ok(());
             }
         };
@@ -488,6 +560,13 @@ impl ParsedSnapshot {
                     );
                     continue;
                 }
+                if let Some(what) = unusable_endpoint(&ip) {
+                    self.warn(
+                        warning_object.clone(),
+                        format!("endpoints[{i}]: address {address:?} is {what} and cannot be a pod's; endpoint skipped"),
+                    );
+                    continue;
+                }
                 let conditions = endpoint.conditions.unwrap_or_default();
                 let ready = conditions.ready.unwrap_or(true);
                 let hints = endpoint.hints.unwrap_or_default();
@@ -513,9 +592,17 @@ impl ParsedSnapshot {
                 });
             }
         }
+        let service_name = labels.get("kubernetes.io/service-name").cloned();
+        if service_name.is_none() {
+            self.warn(
+                warning_object,
+                "no kubernetes.io/service-name label: it belongs to no Service and is not used"
+                    .to_owned(),
+            );
+        }
         Ok(EndpointSlice {
             name,
-            service_name: labels.get("kubernetes.io/service-name").cloned(),
+            service_name,
             address_type,
             headless_label: labels.contains_key("service.kubernetes.io/headless"),
             ports,
@@ -637,6 +724,13 @@ fn convert_service(
         },
     };
 
+    check_cluster_ips(
+        object,
+        spec.cluster_ip.as_deref(),
+        spec.cluster_ips.as_deref(),
+        &cluster_ips,
+    )?;
+
     let mut ports = Vec::new();
     for (i, port) in spec.ports.unwrap_or_default().into_iter().enumerate() {
         let node_port = match port.node_port {
@@ -669,7 +763,20 @@ fn convert_service(
         .unwrap_or_default()
         .iter()
         .enumerate()
-        .map(|(i, ip)| ip_field(object, &format!("spec.externalIPs[{i}]"), ip))
+        .map(|(i, ip)| {
+            let field = format!("spec.externalIPs[{i}]");
+            let addr = ip_field(object, &field, ip)?;
+            match special_address(&addr) {
+                // The API server refuses these (a loopback externalIP would send the node's own
+                // local traffic to the service: CVE-2020-8554).
+                Some(what) => Err(ParseError::Invalid {
+                    object: object.to_owned(),
+                    field,
+                    message: format!("{ip:?} is {what}, which the API server rejects"),
+                }),
+                None => Ok(addr),
+            }
+        })
         .collect::<Result<_, _>>()?;
 
     let mut load_balancer_ips = Vec::new();
@@ -767,6 +874,77 @@ fn convert_service(
     })
 }
 
+/// What the API server checks between `spec.clusterIP` and `spec.clusterIPs`: the first of the
+/// list is `clusterIP`, at most two, of different families.
+fn check_cluster_ips(
+    object: &str,
+    cluster_ip: Option<&str>,
+    cluster_ips: Option<&[String]>,
+    parsed: &[IpAddr],
+) -> Result<(), ParseError> {
+    let invalid = |field: &str, message: String| ParseError::Invalid {
+        object: object.to_owned(),
+        field: field.to_owned(),
+        message,
+    };
+    if let (Some(one), Some([first, ..])) = (cluster_ip.filter(|ip| !ip.is_empty()), cluster_ips) {
+        let same = match (one.parse::<IpAddr>(), first.parse::<IpAddr>()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => one == first,
+        };
+        if !same {
+            return Err(invalid(
+                "spec.clusterIPs[0]",
+                format!("{first:?} must match spec.clusterIP {one:?}"),
+            ));
+        }
+    }
+    if parsed.len() > 2 {
+        return Err(invalid(
+            "spec.clusterIPs",
+            format!(
+                "{} addresses; at most two (one per family) are allowed",
+                parsed.len()
+            ),
+        ));
+    }
+    if let [a, b] = parsed {
+        if IpFamily::of(a) == IpFamily::of(b) {
+            return Err(invalid(
+                "spec.clusterIPs[1]",
+                format!("{b} is of the same family as spec.clusterIPs[0] {a}; dual-stack needs one of each"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Why an address can never be a Service's external IP or a pod's endpoint, as the API server's
+/// `ValidateNonSpecialIP` decides: unspecified, loopback, link-local unicast or multicast.
+fn special_address(ip: &IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(v4) if v4.is_unspecified() => Some("the unspecified address"),
+        IpAddr::V6(v6) if v6.is_unspecified() => Some("the unspecified address"),
+        IpAddr::V4(v4) if v4.is_loopback() => Some("a loopback address"),
+        IpAddr::V6(v6) if v6.is_loopback() => Some("a loopback address"),
+        IpAddr::V4(v4) if v4.is_link_local() => Some("a link-local address"),
+        IpAddr::V6(v6) if v6.is_unicast_link_local() => Some("a link-local address"),
+        IpAddr::V4(v4) if v4.octets()[..3] == [224, 0, 0] => Some("a link-local multicast address"),
+        IpAddr::V6(v6) if v6.segments()[0] == 0xff02 => Some("a link-local multicast address"),
+        _ => None,
+    }
+}
+
+/// Why an address can never be a pod's: the special ones, any multicast, the broadcast address.
+fn unusable_endpoint(ip: &IpAddr) -> Option<&'static str> {
+    special_address(ip).or(match ip {
+        IpAddr::V4(v4) if v4.is_broadcast() => Some("the broadcast address"),
+        IpAddr::V4(v4) if v4.is_multicast() => Some("a multicast address"),
+        IpAddr::V6(v6) if v6.is_multicast() => Some("a multicast address"),
+        _ => None,
+    })
+}
+
 /// `spec.clusterIPs` / `spec.clusterIP`: `None` or empty (first entry) means headless.
 fn cluster_ip_list(
     object: &str,
@@ -815,6 +993,13 @@ fn protocol(object: &str, field: &str, value: Option<&str>) -> Result<Protocol, 
 
 /// A port number in `1..=65535`.
 fn port_number(object: &str, field: &str, value: i32) -> Result<u16, ParseError> {
+    // A missing required port decodes as 0.
+    if value == 0 {
+        return Err(ParseError::Required {
+            object: object.to_owned(),
+            field: field.to_owned(),
+        });
+    }
     u16::try_from(value)
         .ok()
         .filter(|port| *port != 0)
@@ -1276,7 +1461,7 @@ metadata:
     fn service_validation_errors_name_object_and_field() {
         let cases = [
             ("  ports: [{ port: 80 }, { port: 70000 }]", "service default/web: spec.ports[1].port: 70000 is not a valid port"),
-            ("  ports: [{ port: 0 }]", "service default/web: spec.ports[0].port: 0 is not a valid port"),
+            ("  ports: [{ port: 0 }]", "service default/web: spec.ports[0].port: required value is missing"),
             ("  ports: [{ port: 80, nodePort: 65536 }]", "service default/web: spec.ports[0].nodePort: 65536 is not a valid port"),
             ("  ports: [{ port: 80, protocol: ICMP }]", "service default/web: spec.ports[0].protocol: unsupported value \"ICMP\""),
             ("  type: Magic", "service default/web: spec.type: unsupported value \"Magic\""),
@@ -1292,7 +1477,24 @@ metadata:
                 "service default/web: spec.sessionAffinityConfig.clientIP.timeoutSeconds: 0 is out of range",
             ),
             ("  ports: [{ port: eighty }]", "service default/web: spec.ports[0].port: invalid type: string \"eighty\""),
+            ("  ports: [{ name: http }]", "service default/web: spec.ports[0].port: required value is missing"),
+            ("  clusterIP: 10.0.0.1\n  clusterIPs: [10.0.0.2]", "service default/web: spec.clusterIPs[0]: \"10.0.0.2\" must match spec.clusterIP \"10.0.0.1\""),
+            ("  clusterIPs: [10.0.0.1, 10.0.0.2]", "service default/web: spec.clusterIPs[1]: 10.0.0.2 is of the same family as spec.clusterIPs[0] 10.0.0.1"),
+            ("  clusterIPs: [10.0.0.1, 'fd00::1', 10.0.0.3]", "service default/web: spec.clusterIPs: 3 addresses; at most two"),
+            ("  externalIPs: [1.2.3.4, 127.0.0.1]", "service default/web: spec.externalIPs[1]: \"127.0.0.1\" is a loopback address, which the API server rejects"),
+            ("  externalIPs: ['::1']", "service default/web: spec.externalIPs[0]: \"::1\" is a loopback address"),
+            ("  externalIPs: [0.0.0.0]", "service default/web: spec.externalIPs[0]: \"0.0.0.0\" is the unspecified address"),
+            ("  externalIPs: [169.254.169.254]", "service default/web: spec.externalIPs[0]: \"169.254.169.254\" is a link-local address"),
+            ("  externalIPs: ['fe80::1']", "service default/web: spec.externalIPs[0]: \"fe80::1\" is a link-local address"),
+            ("  externalIPs: [224.0.0.251]", "service default/web: spec.externalIPs[0]: \"224.0.0.251\" is a link-local multicast address"),
         ];
+        // Consistent forms are accepted.
+        for ok in [
+            "  clusterIP: 10.0.0.1\n  clusterIPs: [10.0.0.1, 'fd00::1']\n  ports: [{ port: 80 }]",
+            "  clusterIP: None\n  clusterIPs: [None]\n  ports: [{ port: 80 }]",
+        ] {
+            parse_snapshot(&svc(ok)).unwrap();
+        }
         for (spec, expected) in cases {
             let e = err(&svc(spec));
             assert!(
@@ -1302,6 +1504,75 @@ metadata:
         }
         let lb = svc("  type: LoadBalancer\nstatus: { loadBalancer: { ingress: [{ ip: 1.2.3.4 }, { ip: bad }] } }");
         assert_eq!(err(&lb), "service default/web: status.loadBalancer.ingress[1].ip: \"bad\" is not a valid ip address");
+    }
+
+    #[test]
+    fn unusable_endpoints_and_unlabelled_slices_are_warned_about() {
+        let input = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+                     metadata: { name: s1, namespace: default, labels: { kubernetes.io/service-name: web } }\n\
+                     addressType: IPv4\nendpoints:\n\
+                     - addresses: [0.0.0.0]\n- addresses: [127.0.0.1]\n- addresses: [224.1.2.3]\n\
+                     - addresses: [255.255.255.255]\n- addresses: [169.254.0.9]\n- addresses: [10.0.0.1]\n\
+                     ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+                     metadata: { name: s2, namespace: default }\naddressType: IPv6\n\
+                     endpoints: [{ addresses: ['ff02::1'] }, { addresses: ['fd00::1'] }]\n";
+        let parsed = parse_snapshot(input).unwrap();
+        let s1 = &parsed.snapshot.slices[&ObjectName::new("default", "s1")];
+        assert_eq!(s1.endpoints.len(), 1);
+        assert_eq!(s1.endpoints[0].address, ip("10.0.0.1"));
+        let messages: Vec<String> = parsed.warnings.iter().map(|w| w.to_string()).collect();
+        for wanted in [
+            "EndpointSlice default/s1: endpoints[0]: address \"0.0.0.0\" is the unspecified address",
+            "EndpointSlice default/s1: endpoints[1]: address \"127.0.0.1\" is a loopback address",
+            "EndpointSlice default/s1: endpoints[2]: address \"224.1.2.3\" is a multicast address",
+            "EndpointSlice default/s1: endpoints[3]: address \"255.255.255.255\" is the broadcast address",
+            "EndpointSlice default/s1: endpoints[4]: address \"169.254.0.9\" is a link-local address",
+            "EndpointSlice default/s2: endpoints[0]: address \"ff02::1\" is a link-local multicast address",
+            "EndpointSlice default/s2: no kubernetes.io/service-name label",
+        ] {
+            assert!(
+                messages.iter().any(|m| m.starts_with(wanted)),
+                "{wanted} not in {messages:#?}"
+            );
+        }
+        assert_eq!(messages.len(), 7, "{messages:#?}");
+    }
+
+    #[test]
+    fn many_objects_of_an_unused_kind_make_one_warning() {
+        let mut input = String::new();
+        for i in 0..1000 {
+            input.push_str(&format!(
+                "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{ name: c{i}, namespace: default }}\n"
+            ));
+        }
+        let parsed = parse_snapshot(&input).unwrap();
+        assert_eq!(parsed.warnings.len(), 1);
+        assert_eq!(
+            parsed.warnings[0].to_string(),
+            "ConfigMap default/c0: v1 ConfigMap is not used by the proxy; 1000 objects of this kind skipped"
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_and_merge_keys_are_decided_as_kubectl_does() {
+        let e = err("apiVersion: v1\nkind: Service\nmetadata: { name: web }\n\
+                     spec:\n  clusterIP: 10.0.0.1\n  clusterIP: 10.0.0.2\n");
+        assert!(
+            e.starts_with("invalid yaml: spec: duplicate key \"clusterIP\""),
+            "{e}"
+        );
+        assert!(e.contains("at line 5"), "{e}");
+        assert_eq!(e.matches("duplicate key").count(), 1, "said once: {e}");
+        let parsed = parse_snapshot(
+            "apiVersion: v1\nkind: Service\nmetadata: { name: web }\nspec:\n  clusterIP: 10.0.0.1\n  ports:\n\
+             \x20 - &p { name: a, port: 80, protocol: UDP }\n  - { <<: *p, name: b, port: 81 }\n",
+        )
+        .unwrap();
+        let ports = &parsed.snapshot.services[&ObjectName::new("default", "web")].ports;
+        assert_eq!(ports[1].protocol, Protocol::Udp);
+        assert_eq!(ports[1].port, 81);
+        assert_eq!(ports[1].name, "b");
     }
 
     #[test]

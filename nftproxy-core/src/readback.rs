@@ -71,7 +71,7 @@ const DYNAMIC_SET_SIZE: u64 = 65535;
 pub enum ReadbackError {
     /// The input is not JSON at all.
     #[error("libnftables JSON does not parse: {0}")]
-    Parse(#[from] serde_json::Error),
+    Parse(serde_json::Error),
     /// The document is not `{"nftables": [...]}`, holds a command other than `add`, or an
     /// object we never create (a flowtable, a named counter, a table of another family, ...).
     #[error("libnftables JSON document is not representable: {reason}: {fragment}")]
@@ -147,6 +147,14 @@ pub enum ReadbackError {
         /// The offending JSON (the innermost fragment that could not be read), compact.
         fragment: String,
     },
+}
+
+// Not `#[from]`: that would also make the JSON error the `source`, and a chain printed with
+// `{:#}` would show it twice.
+impl From<serde_json::Error> for ReadbackError {
+    fn from(e: serde_json::Error) -> Self {
+        Self::Parse(e)
+    }
 }
 
 fn handle_text(handle: Option<u64>) -> String {
