@@ -10,3 +10,4 @@ pub mod probe;
 pub mod run;
 pub mod serve;
 pub mod sync;
+pub mod sysctl;

@@ -142,6 +142,10 @@ struct RunArgs {
     /// `ip6 kube-proxy` tables (nftables mode).
     #[arg(long)]
     cleanup_kube_proxy: bool,
+    /// Leave the conntrack sysctls alone (by default they are set from the config's `conntrack:`
+    /// section after the first sync, as kube-proxy does).
+    #[arg(long)]
+    no_conntrack_sysctls: bool,
     /// Log verbosity as kube-proxy's -v: 0-2 info, 3-4 debug, 5+ trace (NFTPROXY_LOG overrides).
     #[arg(short = 'v', long = "v", value_name = "N", default_value_t = 0)]
     verbosity: u8,
@@ -219,6 +223,7 @@ impl RunArgs {
             master: self.master,
             backend: self.backend,
             cleanup_kube_proxy: self.cleanup_kube_proxy,
+            conntrack_sysctls: !self.no_conntrack_sysctls,
         })
     }
 }

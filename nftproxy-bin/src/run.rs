@@ -54,6 +54,9 @@ pub struct RunOptions {
     pub backend: Option<Backend>,
     /// Remove kube-proxy's `ip`/`ip6 kube-proxy` tables after our first successful sync.
     pub cleanup_kube_proxy: bool,
+    /// Set the conntrack sysctls from `config.conntrack` after the first successful sync (when
+    /// the conntrack module is loaded: our rules use it).
+    pub conntrack_sysctls: bool,
 }
 
 /// Runs the proxy until SIGTERM or SIGINT.
@@ -118,6 +121,18 @@ async fn service_cidrs_available(client: &Client) -> bool {
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(30));
             }
+        }
+    }
+}
+
+/// Applies the `conntrack:` settings and logs what changed.
+fn set_conntrack_sysctls(settings: &nftproxy_core::parse::ConntrackSettings) {
+    use crate::sysctl::{apply, Change, Roots};
+    for change in apply(settings, &Roots::system()) {
+        match change {
+            Change::Set(..) => tracing::info!("conntrack sysctl {change}"),
+            Change::Failed(..) => tracing::warn!("conntrack sysctl {change}"),
+            Change::Kept(_) | Change::NotOurs(_) => tracing::debug!("conntrack sysctl {change}"),
         }
     }
 }
@@ -381,6 +396,7 @@ async fn run_async(opts: RunOptions) -> Result<()> {
         .context("installing the SIGTERM handler")?;
     let mut initialized = false;
     let mut took_over = !opts.cleanup_kube_proxy;
+    let mut sysctls_done = !opts.conntrack_sysctls;
     let mut finished_syncs = 0u64;
     loop {
         // Carry out whatever is due.
@@ -416,6 +432,10 @@ async fn run_async(opts: RunOptions) -> Result<()> {
                         let nft = nft.clone();
                         tokio::task::spawn_blocking(move || remove_kube_proxy_tables(&nft)).await?;
                         took_over = true;
+                    }
+                    if !sysctls_done {
+                        set_conntrack_sysctls(&config.conntrack);
+                        sysctls_done = true;
                     }
                     let wanted = engine.health_check_services();
                     let addrs = health_check_addresses(&engine);

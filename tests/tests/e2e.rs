@@ -243,6 +243,17 @@ fn clusterip_and_nodeport_reach_the_pods() {
         both,
         "from the node"
     );
+    // kube-proxy's conntrack sysctls, per network namespace, set after the first sync (kernel
+    // defaults: 432000 and 60); nf_conntrack_max is global and left alone in a test namespace.
+    let sysctl = |name: &str| {
+        let out = cluster
+            .topo
+            .node
+            .run(&["cat", &format!("/proc/sys/net/netfilter/{name}")]);
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(sysctl("nf_conntrack_tcp_timeout_established"), "86400");
+    assert_eq!(sysctl("nf_conntrack_tcp_timeout_close_wait"), "3600");
 }
 
 #[test]
