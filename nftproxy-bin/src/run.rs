@@ -526,7 +526,11 @@ fn health_check_addresses(engine: &Engine) -> Vec<std::net::IpAddr> {
     }
     let node_ips = nftproxy_core::compile::node_addresses(engine.snapshot(), config);
     let picked: Vec<IpAddr> = if config.node_port_addresses.is_empty() {
-        node_ips
+        // "primary" (the default): the node's first IP of each family, as the compiler's
+        // `nodeport-ips` holds.
+        let v4 = node_ips.iter().find(|ip| ip.is_ipv4()).copied();
+        let v6 = node_ips.iter().find(|ip| ip.is_ipv6()).copied();
+        v4.into_iter().chain(v6).collect()
     } else {
         node_ips
             .into_iter()
