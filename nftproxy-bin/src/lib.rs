@@ -3,6 +3,7 @@
 //! `nftproxy run` daemon that watches the API server ([`run`]).
 
 pub mod apply;
+pub mod check;
 pub mod conntrack;
 pub mod lock;
 pub mod nft;

@@ -38,6 +38,10 @@ enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = RenderFormat::Nft)]
         format: RenderFormat,
+        /// Compare with this golden file instead of printing: exit 0 when equal, else print a
+        /// unified diff (hunks named by table and chain/set) and exit 1; 2 on errors.
+        #[arg(long, value_name = "FILE")]
+        check: Option<std::path::PathBuf>,
     },
     /// Program the kernel (current network namespace) with the ruleset for a snapshot; a second
     /// run sends only the difference.
@@ -251,15 +255,51 @@ enum RenderFormat {
     Json,
 }
 
-fn run(cli: Cli) -> Result<()> {
+/// The command line that rewrites `golden`: this one without `--check FILE`, redirected to it.
+fn update_command(golden: &std::path::Path) -> String {
+    let mut args = Vec::new();
+    let mut skip = false;
+    for a in std::env::args() {
+        if skip {
+            skip = false;
+        } else if a == "--check" {
+            skip = true;
+        } else if !a.starts_with("--check=") {
+            args.push(a);
+        }
+    }
+    format!("{} > {}", args.join(" "), golden.display())
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Render { input, format } => {
+        Command::Render {
+            input,
+            format,
+            check,
+        } => {
             let (_, _, ruleset) = input.compile()?;
             let out = match format {
                 RenderFormat::Nft => nftproxy_core::render::to_nft_text(&ruleset),
                 RenderFormat::Json => nftproxy_core::render::to_json(&ruleset),
             };
-            print!("{out}");
+            let Some(golden) = check else {
+                print!("{out}");
+                return Ok(ExitCode::SUCCESS);
+            };
+            let update = update_command(&golden);
+            let expected = std::fs::read_to_string(&golden).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot read {}: {e}; create it with: {update}",
+                    golden.display()
+                )
+            })?;
+            let name = golden.display().to_string();
+            if let Some(d) = nftproxy_bin::check::diff(&expected, &out, &name, "rendered") {
+                print!("{d}");
+                eprintln!("{name} differs from the rendered ruleset; to update it: {update}");
+                return Ok(ExitCode::from(1));
+            }
         }
         Command::Apply {
             input,
@@ -333,7 +373,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Run(args) => run::run(args.options()?)?,
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
@@ -363,11 +403,17 @@ fn main() -> ExitCode {
     } else {
         builder.without_time().init();
     }
+    // `render --check` exits as diff does: 0 equal, 1 different, 2 trouble.
+    let trouble = if matches!(&cli.command, Command::Render { check: Some(_), .. }) {
+        ExitCode::from(2)
+    } else {
+        ExitCode::FAILURE
+    };
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", escape_controls(&format!("{e:#}")));
-            ExitCode::FAILURE
+            trouble
         }
     }
 }
