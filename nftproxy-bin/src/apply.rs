@@ -11,7 +11,8 @@ use nftproxy_core::snapshot::IpFamily;
 use nftproxy_core::{readback, Ruleset};
 
 use crate::conntrack;
-use crate::nft::{Backend, Nft};
+use crate::netlink::NetlinkSocket;
+use crate::nft::{call_timeout, Backend, Nft};
 use crate::probe;
 
 fn family_word(f: IpFamily) -> &'static str {
@@ -42,7 +43,7 @@ pub fn read_current(nft: &Nft, table: &str) -> Result<Ruleset> {
 fn render(tx: &Transaction, backend: Backend) -> String {
     match backend {
         Backend::Json => tx.to_json_compact(),
-        Backend::Text => tx.to_string(),
+        Backend::Text | Backend::Netlink => tx.to_string(),
     }
 }
 
@@ -72,6 +73,17 @@ fn first_refused(nft: &Nft, backend: Backend, tx: &Transaction) -> Option<String
 
 /// Sends a transaction; on failure the error names the refused operation.
 pub fn send(nft: &Nft, backend: Backend, tx: &Transaction) -> Result<()> {
+    if backend == Backend::Netlink {
+        // The kernel answers each message on its own: the refused op comes with the error.
+        let mut sock = NetlinkSocket::open(nft.netns())?;
+        return sock.transact(tx, call_timeout()).with_context(|| {
+            format!(
+                "transaction of {} operations refused; nothing was changed, the next apply \
+                 resynchronises from the kernel's state",
+                tx.len()
+            )
+        });
+    }
     if let Err(e) = nft.batch(backend, &render(tx, backend), false) {
         let culprit = first_refused(nft, backend, tx)
             .map(|op| format!(" at `{op}`"))
@@ -137,6 +149,9 @@ pub fn apply(table: &str, desired: &Ruleset, opts: &ApplyOptions) -> Result<()> 
         caps.version,
         backend.as_str()
     );
+    if let (Backend::Json | Backend::Text, Err(why)) = (backend, &caps.netlink) {
+        tracing::info!("netlink backend unavailable: {why}");
+    }
     if let (Backend::Text, Err(why)) = (backend, &caps.json) {
         tracing::info!("JSON backend unavailable: {why}");
     }
@@ -147,7 +162,8 @@ pub fn apply(table: &str, desired: &Ruleset, opts: &ApplyOptions) -> Result<()> 
     if opts.dry_run {
         match backend {
             Backend::Json => print!("{}", tx.to_json()),
-            Backend::Text => print!("{tx}"),
+            // The netlink batch holds the same commands as the nft script.
+            Backend::Text | Backend::Netlink => print!("{tx}"),
         }
         eprintln!("dry run: {} operations not sent", tx.len());
         return Ok(());

@@ -2,15 +2,193 @@
 //!
 //! * `batches_are_the_bytes_nft_sends`: for every fixture, the full transaction rendered by
 //!   `render::netlink` equals, message by message, the batch nft 1.0.6 sends for the same
-//!   transaction as nft text (captured with strace; skipped without strace).
+//!   transaction as nft text (captured with strace; skipped without strace);
+//! * `fixtures_load_over_netlink`: every fixture's full transaction sent over netlink reads back
+//!   (`nft -j list table`, JSON read-back) as the compiled ruleset, and `nft list table` prints
+//!   exactly what it prints after `nft -f` of our text rendering; a planned partial transaction (elements changed, a service
+//!   removed, one added) leaves the same ruleset over netlink as over nft JSON;
+//! * `a_refused_op_changes_nothing_and_is_named`: an element delete of an absent key fails the
+//!   whole batch, names the op and the element with the kernel's reason, and changes nothing.
 
 use std::process::Command;
 
-use nftproxy_core::plan;
+use nftproxy_bin::apply::send;
+use nftproxy_bin::netlink::{NetlinkError, NetlinkSocket};
+use nftproxy_bin::nft::{call_timeout, Backend, Nft};
+use nftproxy_core::plan::{self, Op, TableRef, Transaction};
 use nftproxy_core::render::netlink::{self, BatchOptions};
-use nftproxy_tests::fixtures;
+use nftproxy_core::ruleset::Value;
+use nftproxy_core::snapshot::IpFamily;
+use nftproxy_core::{compile, readback, render, Ruleset};
+use nftproxy_tests::fixtures::{self, without_set_comments};
 use nftproxy_tests::netns::Netns;
 use nftproxy_tests::require_root;
+
+fn family_word(family: IpFamily) -> &'static str {
+    match family {
+        IpFamily::V4 => "ip",
+        IpFamily::V6 => "ip6",
+    }
+}
+
+/// The kernel's copy of `like`'s tables, through `nft -j list table` and the JSON read-back.
+fn read_json(ns: &Netns, like: &Ruleset) -> Ruleset {
+    let mut out = Ruleset::default();
+    for t in like.tables.values() {
+        let json = ns.ok(&["nft", "-j", "list", "table", family_word(t.family), &t.name]);
+        out.tables
+            .extend(readback::from_nft_json(&json).expect("read back").tables);
+    }
+    out
+}
+
+fn send_netlink(ns: &Netns, tx: &Transaction) -> Result<(), NetlinkError> {
+    NetlinkSocket::open(Some(&ns.name))?.transact(tx, call_timeout())
+}
+
+/// First differing lines of two texts.
+fn diff(a: &str, b: &str) -> String {
+    a.lines()
+        .zip(b.lines())
+        .filter(|(x, y)| x != y)
+        .take(4)
+        .map(|(x, y)| format!("  kernel: {x}\n  ours:   {y}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn fixtures_load_over_netlink() {
+    require_root!();
+    let mut failures = Vec::new();
+    for case in fixtures::cases() {
+        let ruleset = fixtures::compile_case(&case);
+        let ns = Netns::new("nlload");
+        send_netlink(&ns, &plan::full(&ruleset)).unwrap_or_else(|e| panic!("{case}: {e}"));
+        // (a) the JSON read-back is the compiled ruleset, set comments included.
+        let back = read_json(&ns, &ruleset);
+        if back != ruleset {
+            failures.push(format!(
+                "{case}: JSON read-back differs\n{}",
+                diff(&render::to_nft_text(&back), &render::to_nft_text(&ruleset))
+            ));
+        }
+        // (b) nft lists each table exactly as it does after loading our text rendering with
+        // `nft -f`. (nft's listing is not our rendering verbatim either way: it names
+        // priorities, shortens timeouts, lists hash sets in hash order and /32 prefixes as
+        // addresses.)
+        let text_ns = Netns::new("nltext");
+        let out = text_ns.run_stdin(&["nft", "-f", "-"], Some(&render::to_nft_text(&ruleset)));
+        assert!(out.status.success(), "{case}: nft -f");
+        for t in ruleset.tables.values() {
+            let list =
+                |ns: &Netns| ns.ok(&["nft", "list", "table", family_word(t.family), &t.name]);
+            let (listed, from_text) = (list(&ns), list(&text_ns));
+            if listed != from_text {
+                failures.push(format!(
+                    "{case}: nft list table {} {} differs from the text load\n{}",
+                    family_word(t.family),
+                    t.name,
+                    diff(&listed, &from_text)
+                ));
+            }
+        }
+        // (c) a partial transaction: the same result over netlink as over nft JSON.
+        let (mut snapshot, config) = fixtures::load(&case);
+        let first = snapshot.services.keys().next().cloned();
+        if let Some(name) = first {
+            snapshot.services.remove(&name);
+        }
+        for slice in snapshot.slices.values_mut() {
+            if let Some(e) = slice.endpoints.pop() {
+                let mut moved = e.clone();
+                if let std::net::IpAddr::V4(a) = e.address {
+                    let o = a.octets();
+                    moved.address = std::net::Ipv4Addr::new(o[0], o[1], o[2], o[3] ^ 0x80).into();
+                }
+                slice.endpoints.push(moved);
+            }
+        }
+        let (extra, _) = fixtures::load("nodeport");
+        for (name, svc) in extra.services.into_iter().take(1) {
+            let mut name = name;
+            name.name = format!("{}-extra", name.name);
+            snapshot.services.insert(name, svc);
+        }
+        let changed = compile(&snapshot, &config)
+            .unwrap_or_else(|e| panic!("{case}: {e}"))
+            .ruleset;
+        let tx = plan::plan(&ruleset, &changed);
+        let json_ns = Netns::new("nljson");
+        let nft = Nft::in_netns(&json_ns.name);
+        send(&nft, Backend::Json, &plan::full(&ruleset)).unwrap();
+        send(&nft, Backend::Json, &tx).unwrap_or_else(|e| panic!("{case}: json: {e:#}"));
+        send(&Nft::in_netns(&ns.name), Backend::Netlink, &tx)
+            .unwrap_or_else(|e| panic!("{case}: netlink: {e:#}"));
+        let over_netlink = without_set_comments(&read_json(&ns, &changed));
+        let over_json = without_set_comments(&read_json(&json_ns, &changed));
+        if over_netlink != over_json || over_json != without_set_comments(&changed) {
+            failures.push(format!(
+                "{case}: partial transaction of {} ops: netlink and JSON differ\n{}",
+                tx.len(),
+                diff(
+                    &render::to_nft_text(&over_netlink),
+                    &render::to_nft_text(&over_json)
+                )
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn a_refused_op_changes_nothing_and_is_named() {
+    require_root!();
+    let ruleset = fixtures::compile_case("session-affinity");
+    let ns = Netns::new("nlrefuse");
+    send_netlink(&ns, &plan::full(&ruleset)).unwrap();
+    let before = ns.ok(&["nft", "list", "ruleset"]);
+    let table = TableRef {
+        family: IpFamily::V4,
+        name: "nftproxy".into(),
+    };
+    let present = ruleset.tables[&IpFamily::V4].sets["cluster-ips"]
+        .elements
+        .keys()
+        .next()
+        .unwrap()
+        .clone();
+    let absent = vec![Value::Addr("172.30.99.99".parse().unwrap())];
+    let tx = Transaction {
+        ops: vec![
+            Op::AddTable(table.clone()),
+            Op::DeleteElements {
+                table: table.clone(),
+                set: "cluster-ips".into(),
+                keys: vec![present, absent],
+            },
+            Op::FlushChain {
+                table: table.clone(),
+                chain: "services".into(),
+            },
+        ],
+    };
+    let e = send_netlink(&ns, &tx).unwrap_err();
+    let msg = e.to_string();
+    assert_eq!(
+        msg,
+        "delete element ip nftproxy cluster-ips { 172.30.99.99 }: No such file or directory",
+    );
+    assert!(matches!(e, NetlinkError::Refused { index: 1, .. }) && e.is_not_found());
+    assert_eq!(ns.ok(&["nft", "list", "ruleset"]), before);
+    // Through apply's sender the error says that nothing changed.
+    let e = send(&Nft::in_netns(&ns.name), Backend::Netlink, &tx).unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(
+        msg.contains("nothing was changed") && msg.contains("cluster-ips { 172.30.99.99 }"),
+        "{msg}"
+    );
+}
 
 /// Splits a buffer of netlink messages.
 fn split(buf: &[u8]) -> Vec<Vec<u8>> {
