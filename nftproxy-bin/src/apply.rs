@@ -22,6 +22,62 @@ fn family_word(f: IpFamily) -> &'static str {
     }
 }
 
+/// Our tables as the kernel has them now, read through the backend's path: for netlink,
+/// [`read_current_netlink`], otherwise [`read_current`].
+pub fn read_current_with(nft: &Nft, backend: Backend, table: &str) -> Result<Ruleset> {
+    match backend {
+        Backend::Netlink => read_current_netlink(nft, table),
+        Backend::Json | Backend::Text => read_current(nft, table),
+    }
+}
+
+/// Our tables read back with the help of netlink: tables, chains, rules and set definitions
+/// from `nft -t -j list table` (terse: without elements, so small and quick), then each set's
+/// elements from a netlink dump (`GETSETELEM`), decoded by
+/// [`nftproxy_core::readback::netlink`]. Dynamic sets keep no elements (session state), as in
+/// the JSON read-back. The result equals [`read_current`]'s.
+pub fn read_current_netlink(nft: &Nft, table: &str) -> Result<Ruleset> {
+    use nftproxy_core::render::netlink::{nfproto, sys};
+    let mut current = Ruleset::default();
+    let mut sock = None;
+    for family in [IpFamily::V4, IpFamily::V6] {
+        let word = family_word(family);
+        let json = match nft.run(&["-t", "-j", "list", "table", word, table], None) {
+            Ok(json) => json,
+            Err(e) if e.is_not_found() => continue,
+            Err(e) => return Err(e).with_context(|| format!("listing table {word} {table}")),
+        };
+        let mut read = readback::from_nft_json(&json)
+            .with_context(|| format!("reading back table {word} {table}"))?;
+        if sock.is_none() {
+            sock = Some(NetlinkSocket::open(nft.netns())?);
+        }
+        let Some(sock) = sock.as_mut() else {
+            continue;
+        };
+        for t in read.tables.values_mut() {
+            for set in t.sets.values_mut().filter(|s| !s.flags.dynamic) {
+                let what = format!("dumping the elements of set {word} {table} {}", set.name);
+                let answers = sock
+                    .dump(
+                        &what,
+                        sys::NFT_MSG_GETSETELEM,
+                        nfproto(family),
+                        &[
+                            (sys::NFTA_SET_ELEM_LIST_TABLE, table),
+                            (sys::NFTA_SET_ELEM_LIST_SET, &set.name),
+                        ],
+                        call_timeout(),
+                    )
+                    .with_context(|| what.clone())?;
+                set.elements = readback::netlink::decode_elements(family, table, set, &answers)?;
+            }
+        }
+        current.tables.extend(read.tables);
+    }
+    Ok(current)
+}
+
 /// Our tables as the kernel has them now (missing tables are simply absent).
 pub fn read_current(nft: &Nft, table: &str) -> Result<Ruleset> {
     let mut current = Ruleset::default();
@@ -156,7 +212,7 @@ pub fn apply(table: &str, desired: &Ruleset, opts: &ApplyOptions) -> Result<()> 
         tracing::info!("JSON backend unavailable: {why}");
     }
     let _lock = crate::lock::lock_table(&nft, table, LOCK_WAIT)?;
-    let current = read_current(&nft, table)?;
+    let current = read_current_with(&nft, backend, table)?;
     check_mass_delete(&current, desired, opts.allow_mass_delete)?;
     let tx = plan::plan(&current, desired);
     if opts.dry_run {
@@ -201,12 +257,12 @@ pub fn apply(table: &str, desired: &Ruleset, opts: &ApplyOptions) -> Result<()> 
 pub fn cleanup(table: &str, backend: Option<Backend>) -> Result<()> {
     let nft = Nft::from_env();
     let _lock = crate::lock::lock_table(&nft, table, LOCK_WAIT)?;
-    let current = read_current(&nft, table)?;
+    let backend = backend.unwrap_or(Backend::Json);
+    let current = read_current_with(&nft, backend, table)?;
     if current.tables.is_empty() {
         println!("nothing to clean up: no table {table}");
         return Ok(());
     }
-    let backend = backend.unwrap_or(Backend::Json);
     let tx = plan::delete_all(&current);
     send(&nft, backend, &tx)?;
     let names: Vec<String> = current

@@ -7,12 +7,15 @@
 //!   (`nft -j list table`, JSON read-back) as the compiled ruleset, and `nft list table` prints
 //!   exactly what it prints after `nft -f` of our text rendering; a planned partial transaction (elements changed, a service
 //!   removed, one added) leaves the same ruleset over netlink as over nft JSON;
+//! * `netlink_read_back_equals_json_read_back`: for every fixture, loaded over netlink and also
+//!   with affinity entries added from the packet path, the netlink read-back (terse listing and
+//!   element dumps) equals the JSON read-back;
 //! * `a_refused_op_changes_nothing_and_is_named`: an element delete of an absent key fails the
 //!   whole batch, names the op and the element with the kernel's reason, and changes nothing.
 
 use std::process::Command;
 
-use nftproxy_bin::apply::send;
+use nftproxy_bin::apply::{read_current, read_current_netlink, send};
 use nftproxy_bin::netlink::{NetlinkError, NetlinkSocket};
 use nftproxy_bin::nft::{call_timeout, Backend, Nft};
 use nftproxy_core::plan::{self, Op, TableRef, Transaction};
@@ -345,6 +348,41 @@ fn batches_are_the_bytes_nft_sends() {
                 "{case}: nft sent {} messages, we {}",
                 theirs.len(),
                 ours.len()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn netlink_read_back_equals_json_read_back() {
+    require_root!();
+    let mut failures = Vec::new();
+    for case in fixtures::cases() {
+        let ruleset = fixtures::compile_case(&case);
+        let ns = Netns::new("nlread");
+        send_netlink(&ns, &plan::full(&ruleset)).unwrap();
+        let table = ruleset.tables.values().next().unwrap().name.clone();
+        // Session state the packet path would add: not configuration, in neither read-back.
+        if ruleset.tables[&IpFamily::V4].sets.contains_key("aff-0") {
+            ns.ok(&[
+                "nft",
+                "add",
+                "element",
+                "ip",
+                &table,
+                "aff-0",
+                "{ 10.9.9.9 . 172.30.0.110 . tcp . 80 }",
+            ]);
+        }
+        let nft = Nft::in_netns(&ns.name);
+        let json = read_current(&nft, &table).unwrap_or_else(|e| panic!("{case}: {e:#}"));
+        let netlink =
+            read_current_netlink(&nft, &table).unwrap_or_else(|e| panic!("{case}: {e:#}"));
+        if json != netlink || netlink != ruleset {
+            failures.push(format!(
+                "{case}: read-backs differ\n{}",
+                diff(&render::to_nft_text(&netlink), &render::to_nft_text(&json))
             ));
         }
     }
