@@ -227,9 +227,11 @@ impl NetlinkSocket {
         {
             let _ = rustix::net::sockopt::set_socket_send_buffer_size(self.sock.as_fd(), want);
         }
+        // Every message is acknowledged by its own small datagram (about 1 KiB of buffer
+        // each): the receive buffer must hold them all, or acknowledgements are lost.
         let _ = rustix::net::sockopt::set_socket_recv_buffer_size_force(
             self.sock.as_fd(),
-            (batch.messages.len() * 64).max(1 << 20),
+            (batch.messages.len() * 2048).max(1 << 20),
         );
         let deadline = Instant::now() + timeout;
         self.sock
@@ -417,5 +419,40 @@ fn summarize(op: &Op) -> String {
             keys.len() - SHOWN
         ),
         op => op.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nftproxy_core::plan::TableRef;
+    use nftproxy_core::ruleset::Value;
+    use nftproxy_core::snapshot::IpFamily;
+
+    #[test]
+    fn errno_values_read_as_nft_prints_them() {
+        assert_eq!(errno_text(2, None), "No such file or directory");
+        assert_eq!(errno_text(17, None), "File exists");
+        assert_eq!(errno_text(1, None), "Operation not permitted");
+        assert_eq!(
+            errno_text(22, Some("bad key")),
+            "Invalid argument (bad key)"
+        );
+    }
+
+    #[test]
+    fn long_element_ops_are_cut_in_errors() {
+        let op = Op::DeleteElements {
+            table: TableRef {
+                family: IpFamily::V4,
+                name: "t".into(),
+            },
+            set: "s".into(),
+            keys: (1..=6u16).map(|p| vec![Value::Port(p)]).collect(),
+        };
+        assert_eq!(
+            summarize(&op),
+            "delete element ip t s { 1, 2, 3, 4 } (and 2 more elements)"
+        );
     }
 }
