@@ -31,49 +31,65 @@ pub fn read_current_with(nft: &Nft, backend: Backend, table: &str) -> Result<Rul
     }
 }
 
-/// Our tables read back with the help of netlink: tables, chains, rules and set definitions
-/// from `nft -t -j list table` (terse: without elements, so small and quick), then each set's
-/// elements from a netlink dump (`GETSETELEM`), decoded by
-/// [`nftproxy_core::readback::netlink`]. Dynamic sets keep no elements (session state), as in
-/// the JSON read-back. The result equals [`read_current`]'s.
+/// Our tables read back over netlink alone: `GETTABLE`, `GETCHAIN`, `GETSET` and `GETRULE`
+/// dumps of each family and a `GETSETELEM` dump per set (anonymous ones included, dynamic ones
+/// not), decoded by [`nftproxy_core::readback::netlink::decode_table`]. No nft process runs.
+/// The result equals [`read_current`]'s; what we never write is not representable there too.
 pub fn read_current_netlink(nft: &Nft, table: &str) -> Result<Ruleset> {
+    use nftproxy_core::readback::netlink::{decode_table, set_names, TableDump};
     use nftproxy_core::render::netlink::{nfproto, sys};
     let mut current = Ruleset::default();
-    let mut sock = None;
+    let mut sock = NetlinkSocket::open(nft.netns())?;
+    let timeout = call_timeout();
     for family in [IpFamily::V4, IpFamily::V6] {
         let word = family_word(family);
-        let json = match nft.run(&["-t", "-j", "list", "table", word, table], None) {
-            Ok(json) => json,
-            Err(e) if e.is_not_found() => continue,
-            Err(e) => return Err(e).with_context(|| format!("listing table {word} {table}")),
+        let fam = nfproto(family);
+        let mut dump = TableDump::default();
+        let mut get = |what: &str, ty: u16, attrs: &[(u16, &str)]| {
+            sock.dump(what, ty, fam, attrs, timeout)
+                .with_context(|| format!("reading back table {word} {table}: {what}"))
         };
-        let mut read = readback::from_nft_json(&json)
-            .with_context(|| format!("reading back table {word} {table}"))?;
-        if sock.is_none() {
-            sock = Some(NetlinkSocket::open(nft.netns())?);
-        }
-        let Some(sock) = sock.as_mut() else {
+        dump.tables = get("tables", sys::NFT_MSG_GETTABLE, &[])?;
+        if decode_table(family, table, &dump)?.is_none() {
             continue;
-        };
-        for t in read.tables.values_mut() {
-            for set in t.sets.values_mut().filter(|s| !s.flags.dynamic) {
-                let what = format!("dumping the elements of set {word} {table} {}", set.name);
-                let answers = sock
-                    .dump(
-                        &what,
-                        sys::NFT_MSG_GETSETELEM,
-                        nfproto(family),
-                        &[
-                            (sys::NFTA_SET_ELEM_LIST_TABLE, table),
-                            (sys::NFTA_SET_ELEM_LIST_SET, &set.name),
-                        ],
-                        call_timeout(),
-                    )
-                    .with_context(|| what.clone())?;
-                set.elements = readback::netlink::decode_elements(family, table, set, &answers)?;
-            }
         }
-        current.tables.extend(read.tables);
+        dump.chains = get("chains", sys::NFT_MSG_GETCHAIN, &[])?;
+        dump.sets = get("sets", sys::NFT_MSG_GETSET, &[(sys::NFTA_SET_TABLE, table)])?;
+        dump.rules = get(
+            "rules",
+            sys::NFT_MSG_GETRULE,
+            &[(sys::NFTA_RULE_TABLE, table)],
+        )?;
+        let dynamic = |name: &str| {
+            dump.sets.iter().any(|p| {
+                let attrs = &p[4..];
+                nftproxy_core::render::netlink::attributes(attrs).any(|(t, v)| {
+                    t == sys::NFTA_SET_NAME && v.split(|b| *b == 0).next() == Some(name.as_bytes())
+                }) && nftproxy_core::render::netlink::attributes(attrs).any(|(t, v)| {
+                    t == sys::NFTA_SET_FLAGS
+                        && v.len() == 4
+                        && u32::from_be_bytes([v[0], v[1], v[2], v[3]]) & sys::NFT_SET_EVAL != 0
+                })
+            })
+        };
+        let names: Vec<String> = set_names(table, &dump.sets)
+            .into_iter()
+            .filter(|n| !dynamic(n))
+            .collect();
+        for name in names {
+            let answers = get(
+                &format!("elements of set {name}"),
+                sys::NFT_MSG_GETSETELEM,
+                &[
+                    (sys::NFTA_SET_ELEM_LIST_TABLE, table),
+                    (sys::NFTA_SET_ELEM_LIST_SET, &name),
+                ],
+            )?;
+            dump.elements.insert(name, answers);
+        }
+        if let Some(t) = decode_table(family, table, &dump)? {
+            current.tables.insert(family, t);
+        }
     }
     Ok(current)
 }

@@ -8,8 +8,9 @@
 //!   exactly what it prints after `nft -f` of our text rendering; a planned partial transaction (elements changed, a service
 //!   removed, one added) leaves the same ruleset over netlink as over nft JSON;
 //! * `netlink_read_back_equals_json_read_back`: for every fixture, loaded over netlink and also
-//!   with affinity entries added from the packet path, the netlink read-back (terse listing and
-//!   element dumps) equals the JSON read-back;
+//!   with affinity entries added from the packet path, the netlink read-back (dumps only, no
+//!   nft) equals the JSON read-back; a rule someone else added to our table is an error naming
+//!   the chain and the rule handle;
 //! * `a_refused_op_changes_nothing_and_is_named`: an element delete of an absent key fails the
 //!   whole batch, names the op and the element with the kernel's reason, and changes nothing.
 
@@ -387,4 +388,21 @@ fn netlink_read_back_equals_json_read_back() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn foreign_rules_fail_netlink_read_back_loudly() {
+    require_root!();
+    let ruleset = fixtures::compile_case("clusterip-protocols");
+    let ns = Netns::new("nlforeign");
+    send_netlink(&ns, &plan::full(&ruleset)).unwrap();
+    ns.ok(&[
+        "nft", "add", "rule", "ip", "nftproxy", "services", "counter",
+    ]);
+    let e = read_current_netlink(&Nft::in_netns(&ns.name), "nftproxy").unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(
+        msg.contains("in chain ip nftproxy services is not representable: expression counter"),
+        "{msg}"
+    );
 }

@@ -245,7 +245,9 @@ pub const NFT_DYNSET_OP_UPDATE: u32 = 1;
 pub const NFTA_NAT_TYPE: u16 = 1;
 pub const NFTA_NAT_FAMILY: u16 = 2;
 pub const NFTA_NAT_REG_ADDR_MIN: u16 = 3;
+pub const NFTA_NAT_REG_ADDR_MAX: u16 = 4;
 pub const NFTA_NAT_REG_PROTO_MIN: u16 = 5;
+pub const NFTA_NAT_REG_PROTO_MAX: u16 = 6;
 pub const NFTA_NAT_FLAGS: u16 = 7;
 pub const NFT_NAT_DNAT: u32 = 1;
 /// `NF_NAT_RANGE_PROTO_SPECIFIED`.
