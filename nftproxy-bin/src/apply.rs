@@ -11,7 +11,8 @@ use nftproxy_core::snapshot::IpFamily;
 use nftproxy_core::{readback, Ruleset};
 
 use crate::conntrack;
-use crate::nft::{Backend, Nft};
+use crate::netlink::NetlinkSocket;
+use crate::nft::{call_timeout, Backend, Nft};
 use crate::probe;
 
 fn family_word(f: IpFamily) -> &'static str {
@@ -19,6 +20,78 @@ fn family_word(f: IpFamily) -> &'static str {
         IpFamily::V4 => "ip",
         IpFamily::V6 => "ip6",
     }
+}
+
+/// Our tables as the kernel has them now, read through the backend's path: for netlink,
+/// [`read_current_netlink`], otherwise [`read_current`].
+pub fn read_current_with(nft: &Nft, backend: Backend, table: &str) -> Result<Ruleset> {
+    match backend {
+        Backend::Netlink => read_current_netlink(nft, table),
+        Backend::Json | Backend::Text => read_current(nft, table),
+    }
+}
+
+/// Our tables read back over netlink alone: `GETTABLE`, `GETCHAIN`, `GETSET` and `GETRULE`
+/// dumps of each family and a `GETSETELEM` dump per set (anonymous ones included, dynamic ones
+/// not), decoded by [`nftproxy_core::readback::netlink::decode_table`]. No nft process runs.
+/// The result equals [`read_current`]'s; what we never write is not representable there too.
+pub fn read_current_netlink(nft: &Nft, table: &str) -> Result<Ruleset> {
+    use nftproxy_core::readback::netlink::{decode_table, set_names, TableDump};
+    use nftproxy_core::render::netlink::{nfproto, sys};
+    let mut current = Ruleset::default();
+    let mut sock = NetlinkSocket::open(nft.netns())?;
+    let timeout = call_timeout();
+    for family in [IpFamily::V4, IpFamily::V6] {
+        let word = family_word(family);
+        let fam = nfproto(family);
+        let mut dump = TableDump::default();
+        let mut get = |what: &str, ty: u16, attrs: &[(u16, &str)]| {
+            sock.dump(what, ty, fam, attrs, timeout)
+                .with_context(|| format!("reading back table {word} {table}: {what}"))
+        };
+        dump.tables = get("tables", sys::NFT_MSG_GETTABLE, &[])?;
+        if decode_table(family, table, &dump)?.is_none() {
+            continue;
+        }
+        dump.chains = get("chains", sys::NFT_MSG_GETCHAIN, &[])?;
+        dump.sets = get("sets", sys::NFT_MSG_GETSET, &[(sys::NFTA_SET_TABLE, table)])?;
+        dump.rules = get(
+            "rules",
+            sys::NFT_MSG_GETRULE,
+            &[(sys::NFTA_RULE_TABLE, table)],
+        )?;
+        let dynamic = |name: &str| {
+            dump.sets.iter().any(|p| {
+                let attrs = &p[4..];
+                nftproxy_core::render::netlink::attributes(attrs).any(|(t, v)| {
+                    t == sys::NFTA_SET_NAME && v.split(|b| *b == 0).next() == Some(name.as_bytes())
+                }) && nftproxy_core::render::netlink::attributes(attrs).any(|(t, v)| {
+                    t == sys::NFTA_SET_FLAGS
+                        && v.len() == 4
+                        && u32::from_be_bytes([v[0], v[1], v[2], v[3]]) & sys::NFT_SET_EVAL != 0
+                })
+            })
+        };
+        let names: Vec<String> = set_names(table, &dump.sets)
+            .into_iter()
+            .filter(|n| !dynamic(n))
+            .collect();
+        for name in names {
+            let answers = get(
+                &format!("elements of set {name}"),
+                sys::NFT_MSG_GETSETELEM,
+                &[
+                    (sys::NFTA_SET_ELEM_LIST_TABLE, table),
+                    (sys::NFTA_SET_ELEM_LIST_SET, &name),
+                ],
+            )?;
+            dump.elements.insert(name, answers);
+        }
+        if let Some(t) = decode_table(family, table, &dump)? {
+            current.tables.insert(family, t);
+        }
+    }
+    Ok(current)
 }
 
 /// Our tables as the kernel has them now (missing tables are simply absent).
@@ -42,7 +115,7 @@ pub fn read_current(nft: &Nft, table: &str) -> Result<Ruleset> {
 fn render(tx: &Transaction, backend: Backend) -> String {
     match backend {
         Backend::Json => tx.to_json_compact(),
-        Backend::Text => tx.to_string(),
+        Backend::Text | Backend::Netlink => tx.to_string(),
     }
 }
 
@@ -72,6 +145,17 @@ fn first_refused(nft: &Nft, backend: Backend, tx: &Transaction) -> Option<String
 
 /// Sends a transaction; on failure the error names the refused operation.
 pub fn send(nft: &Nft, backend: Backend, tx: &Transaction) -> Result<()> {
+    if backend == Backend::Netlink {
+        // The kernel answers each message on its own: the refused op comes with the error.
+        let mut sock = NetlinkSocket::open(nft.netns())?;
+        return sock.transact(tx, call_timeout()).with_context(|| {
+            format!(
+                "transaction of {} operations refused; nothing was changed, the next apply \
+                 resynchronises from the kernel's state",
+                tx.len()
+            )
+        });
+    }
     if let Err(e) = nft.batch(backend, &render(tx, backend), false) {
         let culprit = first_refused(nft, backend, tx)
             .map(|op| format!(" at `{op}`"))
@@ -137,17 +221,21 @@ pub fn apply(table: &str, desired: &Ruleset, opts: &ApplyOptions) -> Result<()> 
         caps.version,
         backend.as_str()
     );
+    if let (Backend::Json | Backend::Text, Err(why)) = (backend, &caps.netlink) {
+        tracing::info!("netlink backend unavailable: {why}");
+    }
     if let (Backend::Text, Err(why)) = (backend, &caps.json) {
         tracing::info!("JSON backend unavailable: {why}");
     }
     let _lock = crate::lock::lock_table(&nft, table, LOCK_WAIT)?;
-    let current = read_current(&nft, table)?;
+    let current = read_current_with(&nft, backend, table)?;
     check_mass_delete(&current, desired, opts.allow_mass_delete)?;
     let tx = plan::plan(&current, desired);
     if opts.dry_run {
         match backend {
             Backend::Json => print!("{}", tx.to_json()),
-            Backend::Text => print!("{tx}"),
+            // The netlink batch holds the same commands as the nft script.
+            Backend::Text | Backend::Netlink => print!("{tx}"),
         }
         eprintln!("dry run: {} operations not sent", tx.len());
         return Ok(());
@@ -185,12 +273,12 @@ pub fn apply(table: &str, desired: &Ruleset, opts: &ApplyOptions) -> Result<()> 
 pub fn cleanup(table: &str, backend: Option<Backend>) -> Result<()> {
     let nft = Nft::from_env();
     let _lock = crate::lock::lock_table(&nft, table, LOCK_WAIT)?;
-    let current = read_current(&nft, table)?;
+    let backend = backend.unwrap_or(Backend::Json);
+    let current = read_current_with(&nft, backend, table)?;
     if current.tables.is_empty() {
         println!("nothing to clean up: no table {table}");
         return Ok(());
     }
-    let backend = backend.unwrap_or(Backend::Json);
     let tx = plan::delete_all(&current);
     send(&nft, backend, &tx)?;
     let names: Vec<String> = current

@@ -363,7 +363,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Probe => {
             let caps = probe::probe(&nft::Nft::from_env())?;
             println!("nft {}", caps.version);
-            for (name, r) in [("json", &caps.json), ("text", &caps.text)] {
+            for (name, r) in [
+                ("netlink", &caps.netlink),
+                ("json", &caps.json),
+                ("text", &caps.text),
+            ] {
                 match r {
                     Ok(()) => println!("{name} backend: ok"),
                     Err(why) => println!("{name} backend: unavailable: {why}"),

@@ -88,6 +88,8 @@ fn read_all(pipe: Option<impl Read>) -> Vec<u8> {
 /// How transactions are sent to the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Backend {
+    /// nf_tables netlink batches sent directly to the kernel (no nft process).
+    Netlink,
     /// libnftables JSON (`nft -j -f -`).
     Json,
     /// nft script (`nft -f -`).
@@ -95,8 +97,10 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// The `--backend` value.
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Netlink => "netlink",
             Self::Json => "json",
             Self::Text => "text",
         }

@@ -3,13 +3,19 @@
 //! The probe compiles a built-in cluster that makes the compiler emit every construct it has, and
 //! asks nft to check (`--check`: nothing is committed) the full ruleset in JSON and in text. If the
 //! JSON form is refused, each rule is checked on its own to name the constructs that fail.
+//!
+//! Netlink has no `--check`: the probe sends the full ruleset as one batch that ends with an op
+//! bound to fail (deleting a table that does not exist). The kernel validates every message,
+//! refuses the last one and so commits nothing; netlink works when that last op is the only
+//! one refused.
 
 use anyhow::{bail, Result};
 use nftproxy_core::parse::parse_snapshot;
 use nftproxy_core::plan::{self, Op, Transaction};
 use nftproxy_core::{compile, ProxyConfig, Ruleset};
 
-use crate::nft::{Backend, Nft};
+use crate::netlink::{NetlinkError, NetlinkSocket};
+use crate::nft::{call_timeout, Backend, Nft};
 
 const PROBE_SNAPSHOT: &str = include_str!("probe.yaml");
 const PROBE_TABLE: &str = "nftproxy-probe";
@@ -19,6 +25,8 @@ const PROBE_TABLE: &str = "nftproxy-probe";
 pub struct Capabilities {
     /// `nft --version`.
     pub version: String,
+    /// Netlink batches are accepted by the kernel (else the reason).
+    pub netlink: Result<(), String>,
     /// JSON backend accepted the full ruleset (else the reason).
     pub json: Result<(), String>,
     /// Text backend accepted the full ruleset (else the reason).
@@ -26,9 +34,10 @@ pub struct Capabilities {
 }
 
 impl Capabilities {
-    /// Picks the requested backend, or JSON when it works and text otherwise.
+    /// Picks the requested backend, or netlink when it works, else JSON, else text.
     pub fn choose(&self, requested: Option<Backend>) -> Result<Backend> {
         let pick = |b: Backend| match b {
+            Backend::Netlink => &self.netlink,
             Backend::Json => &self.json,
             Backend::Text => &self.text,
         };
@@ -41,7 +50,7 @@ impl Capabilities {
                     self.version
                 ),
             },
-            None => [Backend::Json, Backend::Text]
+            None => [Backend::Netlink, Backend::Json, Backend::Text]
                 .into_iter()
                 .find(|b| pick(*b).is_ok())
                 .ok_or_else(|| {
@@ -70,7 +79,30 @@ fn probe_ruleset() -> Result<Ruleset> {
 fn render(tx: &Transaction, backend: Backend) -> String {
     match backend {
         Backend::Json => tx.to_json_compact(),
-        Backend::Text => tx.to_string(),
+        // Netlink is not checked through nft (see `check_netlink`); the text form stands in.
+        Backend::Text | Backend::Netlink => tx.to_string(),
+    }
+}
+
+/// The sentinel that ends the netlink probe batch: deleting a table that does not exist.
+const SENTINEL_TABLE: &str = "nftproxy-probe-absent";
+
+/// Sends the probe ruleset over netlink in a batch that cannot commit (see the module doc).
+fn check_netlink(nft: &Nft, tx: &Transaction) -> Result<(), String> {
+    let mut probe = tx.clone();
+    let sentinel = plan::TableRef {
+        family: nftproxy_core::snapshot::IpFamily::V4,
+        name: SENTINEL_TABLE.into(),
+    };
+    probe.ops.push(Op::DeleteTable(sentinel));
+    let last = probe.ops.len() - 1;
+    let mut sock = NetlinkSocket::open(nft.netns()).map_err(|e| e.to_string())?;
+    match sock.transact(&probe, call_timeout()) {
+        Err(NetlinkError::Refused { index, .. }) if index == last => Ok(()),
+        Err(e) => Err(e.to_string()),
+        Ok(()) => Err(format!(
+            "the kernel committed a batch that deletes the absent table ip {SENTINEL_TABLE}"
+        )),
     }
 }
 
@@ -108,6 +140,7 @@ pub fn probe(nft: &Nft) -> Result<Capabilities> {
     let tx = plan::full(&probe_ruleset()?);
     Ok(Capabilities {
         version,
+        netlink: check_netlink(nft, &tx),
         json: check(nft, Backend::Json, &tx),
         text: check(nft, Backend::Text, &tx),
     })

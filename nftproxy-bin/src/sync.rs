@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use nftproxy_core::engine::{Action, SyncReport};
 use nftproxy_core::{Engine, Ruleset};
 
-use crate::apply::{read_current, send};
+use crate::apply::{read_current_with, send};
 use crate::conntrack;
 use crate::nft::{Backend, Nft};
 
@@ -86,7 +86,8 @@ impl Kernel {
     pub fn perform(&self, action: Action) -> Outcome {
         match action {
             Action::ReadBack => Outcome::ReadBack(
-                read_current(&self.nft, &self.table).map_err(|e| format!("{e:#}")),
+                read_current_with(&self.nft, self.backend, &self.table)
+                    .map_err(|e| format!("{e:#}")),
             ),
             Action::Apply(a) => Outcome::Apply(
                 send(&self.nft, self.backend, &a.transaction).map_err(|e| format!("{e:#}")),

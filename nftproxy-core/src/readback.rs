@@ -17,6 +17,9 @@
 //! another program added) is an error naming the object and the JSON fragment, so that the
 //! caller fails loudly instead of silently dropping it.
 //!
+//! [`netlink`] decodes set elements from nf_tables netlink dumps into the same values, for the
+//! binary's netlink read-back.
+//!
 //! # Normal forms
 //!
 //! Some distinctions the AST can make do not survive the kernel. The reader returns one normal
@@ -50,6 +53,8 @@
 //! them), and the kernel turns a one-element anonymous set that is not a concatenation
 //! (`ip saddr { 10.0.0.0/8 }`) into a plain comparison (`ip saddr 10.0.0.0/8`). The compiler
 //! emits no anonymous sets in matches.
+
+pub mod netlink;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;

@@ -36,7 +36,7 @@ fn assert_kernel_holds(ns: &Netns, want: &nftproxy_core::Ruleset, what: &str) {
 #[test]
 fn engine_sends_only_changes_and_recovers_from_failures() {
     require_root!();
-    for backend in [Backend::Json, Backend::Text] {
+    for backend in [Backend::Netlink, Backend::Json, Backend::Text] {
         let ns = Netns::new("sync");
         ns.run_stdin(&["nft", "-f", "-"], Some(FOREIGN));
         let foreign_before = ns.ok(&["nft", "list", "table", "inet", "host-firewall"]);

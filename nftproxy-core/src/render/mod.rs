@@ -37,6 +37,7 @@
 //! equal rulesets render to identical strings.
 
 mod json;
+pub mod netlink;
 mod text;
 
 use std::fmt;
