@@ -29,7 +29,10 @@
 //! before DNAT, `service-endpoints-check` / `nodeport-endpoints-check` (reject or drop for services
 //! without usable endpoints) and `cluster-ips-check` (reject for undefined ports of a ClusterIP)
 //! after DNAT. Masquerading uses a mark bit, and hairpin traffic (a pod reaching itself through a
-//! service) is recognised in postrouting by the `hairpin` set of `endpoint . endpoint` pairs.
+//! service) is recognised in postrouting by the `hairpin` set of `endpoint . endpoint` pairs. It
+//! holds this node's endpoints only (a pod's service traffic is DNATed on its own node), plus the
+//! cluster endpoints of NodePorts with externalTrafficPolicy Local: a pod of another node reaching
+//! this node's NodePort is short-circuited to them without masquerade.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -691,8 +694,15 @@ impl<'a> FamilyBuilder<'a> {
             let uses_local = itp_local || etp_local;
             let eps = endpoints_for(slices, port.name.as_str(), port.protocol, f, node);
             let cat = categorize(&eps, uses_cluster, uses_local, node, zone);
-            // Hairpin pairs for every endpoint.
-            let every = |_: IpAddr| true;
+            // Hairpin pairs: a pod's traffic through a service is DNATed on its own node, so
+            // only this node's endpoints can reach themselves here; except through a NodePort
+            // of this node with externalTrafficPolicy Local, where a pod of another node is
+            // short-circuited to the cluster endpoints without masquerade.
+            let local_addrs: BTreeSet<IpAddr> =
+                eps.iter().filter(|e| e.local).map(|e| e.addr).collect();
+            let local_only = |a: IpAddr| local_addrs.contains(&a);
+            let any = |_: IpAddr| true;
+            let np_hairpin: &dyn Fn(IpAddr) -> bool = if etp_local { &any } else { &local_only };
             let Slots {
                 slots,
                 cluster: cluster_range,
@@ -738,7 +748,7 @@ impl<'a> FamilyBuilder<'a> {
                     &slots,
                     &[range],
                     affinity,
-                    &every,
+                    &local_only,
                 );
             } else {
                 self.put(
@@ -782,7 +792,7 @@ impl<'a> FamilyBuilder<'a> {
                         &slots,
                         &ext_ranges,
                         affinity,
-                        &every,
+                        &local_only,
                     );
                 }
                 if !has_external {
@@ -820,7 +830,7 @@ impl<'a> FamilyBuilder<'a> {
                         &slots,
                         &ext_ranges,
                         affinity,
-                        &every,
+                        np_hairpin,
                     );
                 }
                 if !has_external {
