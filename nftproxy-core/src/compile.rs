@@ -12,7 +12,8 @@
 //!   `cluster-lb` / `local-lb` to reach a *load-balancing* chain.
 //! * A load-balancing chain `lb-C[-oK][-aff]` picks one of `C` endpoint *slots* starting at `K`
 //!   with `numgen random mod C offset K`, after honouring ClientIP affinity. There is one such chain
-//!   per distinct (count, offset, affinity) in the cluster, not per service.
+//!   per distinct (count, offset, affinity) in use in the cluster, not per service and not per
+//!   possible count, so the chains' total size is at most the sum of the endpoint counts.
 //! * Slot chain `ep-I` DNATs to `KEY map @ep-I-addr : KEY map @ep-port`: when all endpoints of a
 //!   key share one target port (the usual case), it is stored once, in `ep-port`. Keys whose
 //!   endpoints differ in port have no `ep-port` element and store a port per slot instead, read
@@ -868,19 +869,13 @@ impl<'a> FamilyBuilder<'a> {
 
     fn finish(mut self) -> (Table, Vec<Warning>) {
         let f = self.family;
-        // Headroom: slots and plain load-balancing chains up to the next power of two of the
-        // largest endpoint count (at least MIN_SLOTS), so that an endpoint more or less is only
-        // element changes.
-        for (space, n) in self.slots.iter_mut() {
+        // Headroom: slots up to the next power of two of the largest endpoint count (at least
+        // MIN_SLOTS), so that an endpoint more or less is mostly element changes; at most twice
+        // what is used. Load-balancing chains are only those in use: one per distinct (count,
+        // offset, affinity), each as long as its count, so their total size is at most the sum
+        // of the services' endpoint counts.
+        for n in self.slots.values_mut() {
             *n = provisioned_slots(*n);
-            for count in 1..=*n {
-                self.lb_specs.insert(LbSpec {
-                    space: *space,
-                    count,
-                    offset: 0,
-                    affinity: false,
-                });
-            }
         }
         for n in self.port_slots.values_mut() {
             *n = provisioned_slots(*n);
@@ -1708,6 +1703,71 @@ mod tests {
                 Value::Prefix("192.168.0.0/24".parse().unwrap())
             ]
         );
+    }
+
+    /// One ClusterIP service with `n` ready endpoints on other nodes.
+    fn big_service(n: u32) -> Snapshot {
+        let mut s = lb_service(&[]);
+        let svc = s.services.values_mut().next().unwrap();
+        svc.service_type = ServiceType::ClusterIp;
+        let slice = s.slices.values_mut().next().unwrap();
+        let template = slice.endpoints[0].clone();
+        slice.endpoints = (0..n)
+            .map(|i| Endpoint {
+                address: IpAddr::from([10, 2, (i >> 8) as u8, i as u8]),
+                node_name: Some(format!("node-{}", i % 50)),
+                ..template.clone()
+            })
+            .collect();
+        s
+    }
+
+    /// Total size of the chains: rules plus anonymous vmap entries.
+    fn chain_size(r: &Ruleset) -> usize {
+        r.tables
+            .values()
+            .flat_map(|t| t.chains.values())
+            .flat_map(|c| &c.rules)
+            .map(|rule| {
+                1 + rule
+                    .stmts
+                    .iter()
+                    .map(|s| match s {
+                        Stmt::Vmap {
+                            map: MapRef::Anon(entries),
+                            ..
+                        } => entries.len(),
+                        _ => 0,
+                    })
+                    .sum::<usize>()
+            })
+            .sum()
+    }
+
+    /// A service with many endpoints costs linear size: one load-balancing chain of its count,
+    /// slot chains and maps up to the next power of two, one element per endpoint and key. Run
+    /// with `--nocapture` for the figures.
+    #[test]
+    fn one_large_service_is_linear_in_its_endpoints() {
+        for n in [1_000u32, 10_000, 50_000] {
+            let snap = big_service(n);
+            let start = std::time::Instant::now();
+            let r = compile(&snap, &config()).unwrap().ruleset;
+            let took = start.elapsed();
+            let (elements, chains, size) = (r.element_count(), r.chain_count(), chain_size(&r));
+            let sets: usize = r.tables.values().map(|t| t.sets.len()).sum();
+            println!(
+                "{n} endpoints: compile {took:?}, {elements} elements, {chains} chains, \
+                 {size} rules + vmap entries, {sets} sets"
+            );
+            let slots = provisioned_slots(n) as usize;
+            // Per endpoint: its address in its slot map; plus the key's own elements.
+            assert!(elements <= n as usize + 10, "{elements}");
+            // Slot chains (two rules at most) and one lb chain of n branches.
+            assert!(chains <= slots + 30, "{chains}");
+            assert!(size <= 2 * slots + n as usize + 50, "{size}");
+            assert!(sets <= slots + 30, "{sets}");
+        }
     }
 
     #[test]
