@@ -12,10 +12,15 @@
 //!   `cluster-lb` / `local-lb` to reach a *load-balancing* chain.
 //! * A load-balancing chain `lb-C[-oK][-aff]` picks one of `C` endpoint *slots* starting at `K`
 //!   with `numgen random mod C offset K`, after honouring ClientIP affinity. There is one such chain
-//!   per distinct (count, offset, affinity) in the cluster, not per service.
-//! * Slot chain `ep-I` DNATs to `KEY map @ep-I-addr : KEY map @ep-I-port`. Slot `I` of every
-//!   service lives in the same pair of maps, so the number of slot chains is the largest endpoint
-//!   count of any one service, independent of the number of services.
+//!   per distinct (count, offset, affinity) in use in the cluster, not per service and not per
+//!   possible count, so the chains' total size is at most the sum of the endpoint counts.
+//! * Slot chain `ep-I` DNATs to `KEY map @ep-I-addr : KEY map @ep-port`: when all endpoints of a
+//!   key share one target port (the usual case), it is stored once, in `ep-port`. Keys whose
+//!   endpoints differ in port have no `ep-port` element and store a port per slot instead, read
+//!   by a second rule `KEY map @ep-I-addr : KEY map @ep-I-port` (a map miss means a rule does not
+//!   match). Slot `I` of every service lives in the same maps, so the number of slot chains is
+//!   the largest endpoint count of any one service (rounded up to a power of two, as headroom),
+//!   independent of the number of services.
 //!
 //! For a service that uses both endpoint lists (externalTrafficPolicy or internalTrafficPolicy
 //! Local), the slots hold local-only endpoints first, then local endpoints that are also cluster
@@ -25,7 +30,10 @@
 //! before DNAT, `service-endpoints-check` / `nodeport-endpoints-check` (reject or drop for services
 //! without usable endpoints) and `cluster-ips-check` (reject for undefined ports of a ClusterIP)
 //! after DNAT. Masquerading uses a mark bit, and hairpin traffic (a pod reaching itself through a
-//! service) is recognised in postrouting by the `hairpin` set of `endpoint . endpoint` pairs.
+//! service) is recognised in postrouting by the `hairpin` set of `endpoint . endpoint` pairs. It
+//! holds this node's endpoints only (a pod's service traffic is DNATed on its own node), plus the
+//! cluster endpoints of NodePorts with externalTrafficPolicy Local: a pod of another node reaching
+//! this node's NodePort is short-circuited to them without masquerade.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -97,6 +105,10 @@ pub mod names {
     pub const SERVICE_CIDRS: &str = "service-cidrs";
     /// Set of `endpoint . endpoint` pairs: hairpin traffic to masquerade.
     pub const HAIRPIN: &str = "hairpin";
+    /// Map: VIP key → the target port shared by all its endpoints.
+    pub const EP_PORT: &str = "ep-port";
+    /// Map: NodePort key → the target port shared by all its endpoints.
+    pub const NP_EP_PORT: &str = "np-ep-port";
     /// Chain that sets the masquerade mark.
     pub const MARK_FOR_MASQ: &str = "mark-for-masq";
     /// Chain that rejects.
@@ -168,6 +180,15 @@ pub fn slot_chain(np: bool, i: u32) -> String {
 pub fn slot_maps(np: bool, i: u32) -> (String, String) {
     let p = if np { "np-" } else { "" };
     (format!("{p}ep-{i}-addr"), format!("{p}ep-{i}-port"))
+}
+
+/// Name of the map holding the one target port of keys whose endpoints all share it.
+pub fn shared_port_map(np: bool) -> &'static str {
+    if np {
+        NP_EP_PORT
+    } else {
+        EP_PORT
+    }
 }
 
 /// A load-balancing chain: `count` slots from `offset`, with or without ClientIP affinity.
@@ -335,7 +356,10 @@ struct FamilyBuilder<'a> {
     cfg: &'a ProxyConfig,
     sets: BTreeMap<String, Set>,
     lb_specs: BTreeSet<LbSpec>,
+    /// Endpoint slots in use per key space (one more than the highest slot index).
     slots: BTreeMap<KeySpace, u32>,
+    /// Slots in use whose port is stored per slot (keys whose endpoints differ in port).
+    port_slots: BTreeMap<KeySpace, u32>,
     affinity_timeouts: BTreeMap<KeySpace, BTreeSet<u32>>,
     pod_cidrs: Vec<IpNet>,
     /// ServiceCIDRs of this family (no set and no rule without any, as kube-proxy).
@@ -469,12 +493,27 @@ impl<'a> FamilyBuilder<'a> {
             false,
             "endpoint . endpoint: hairpin traffic to masquerade",
         );
+        add(
+            EP_PORT,
+            KeySpace::Vip.key_types(f),
+            Some(DataType::InetService),
+            false,
+            "target port shared by all endpoints of a key",
+        );
+        add(
+            NP_EP_PORT,
+            KeySpace::NodePort.key_types(f),
+            Some(DataType::InetService),
+            false,
+            "target port shared by all endpoints of a NodePort",
+        );
         Self {
             family,
             cfg,
             sets,
             lb_specs: BTreeSet::new(),
             slots: BTreeMap::new(),
+            port_slots: BTreeMap::new(),
             affinity_timeouts: BTreeMap::new(),
             pod_cidrs: Vec::new(),
             service_cidrs: Vec::new(),
@@ -528,12 +567,19 @@ impl<'a> FamilyBuilder<'a> {
         self.set_mut(set).elements.insert(key, None);
     }
 
-    fn ensure_slot(&mut self, space: KeySpace, i: u32) {
+    fn ensure_slot(&mut self, space: KeySpace, i: u32, own_port: bool) {
         let n = self.slots.entry(space).or_insert(0);
         *n = (*n).max(i + 1);
+        if own_port {
+            let n = self.port_slots.entry(space).or_insert(0);
+            *n = (*n).max(i + 1);
+        }
     }
 
-    /// Writes the slots of one key and registers the load-balancing chains it needs.
+    /// Writes the slots of one key and registers the load-balancing chains it needs. The target
+    /// port is stored once per key when all its endpoints share it, else per slot. Hairpin pairs
+    /// are recorded for the endpoints `hairpin` selects.
+    #[allow(clippy::too_many_arguments)]
     fn put_endpoints(
         &mut self,
         owner: &ObjectName,
@@ -542,6 +588,7 @@ impl<'a> FamilyBuilder<'a> {
         slots: &[(IpAddr, u16)],
         ranges: &[(bool, (u32, u32))],
         affinity: Option<u32>,
+        hairpin: &dyn Fn(IpAddr) -> bool,
     ) {
         let np_space = space == KeySpace::NodePort;
         let mut used = BTreeSet::new();
@@ -564,13 +611,27 @@ impl<'a> FamilyBuilder<'a> {
             );
             used.extend(*offset..offset + count);
         }
+        let mut ports = used.iter().map(|i| slots[*i as usize].1);
+        let shared = ports.next().filter(|first| ports.all(|p| p == *first));
+        if let Some(port) = shared {
+            self.put(
+                owner,
+                shared_port_map(np_space),
+                key.to_vec(),
+                Some(ElemData::Port(port)),
+            );
+        }
         for i in used {
             let (addr, port) = slots[i as usize];
-            self.ensure_slot(space, i);
+            self.ensure_slot(space, i, shared.is_none());
             let (am, pm) = slot_maps(np_space, i);
             self.put(owner, &am, key.to_vec(), Some(ElemData::Addr(addr)));
-            self.put(owner, &pm, key.to_vec(), Some(ElemData::Port(port)));
-            self.put_shared(HAIRPIN, vec![Value::Addr(addr), Value::Addr(addr)]);
+            if shared.is_none() {
+                self.put(owner, &pm, key.to_vec(), Some(ElemData::Port(port)));
+            }
+            if hairpin(addr) {
+                self.put_shared(HAIRPIN, vec![Value::Addr(addr), Value::Addr(addr)]);
+            }
         }
         if let Some(t) = affinity {
             self.affinity_timeouts.entry(space).or_default().insert(t);
@@ -634,6 +695,15 @@ impl<'a> FamilyBuilder<'a> {
             let uses_local = itp_local || etp_local;
             let eps = endpoints_for(slices, port.name.as_str(), port.protocol, f, node);
             let cat = categorize(&eps, uses_cluster, uses_local, node, zone);
+            // Hairpin pairs: a pod's traffic through a service is DNATed on its own node, so
+            // only this node's endpoints can reach themselves here; except through a NodePort
+            // of this node with externalTrafficPolicy Local, where a pod of another node is
+            // short-circuited to the cluster endpoints without masquerade.
+            let local_addrs: BTreeSet<IpAddr> =
+                eps.iter().filter(|e| e.local).map(|e| e.addr).collect();
+            let local_only = |a: IpAddr| local_addrs.contains(&a);
+            let any = |_: IpAddr| true;
+            let np_hairpin: &dyn Fn(IpAddr) -> bool = if etp_local { &any } else { &local_only };
             let Slots {
                 slots,
                 cluster: cluster_range,
@@ -672,7 +742,15 @@ impl<'a> FamilyBuilder<'a> {
                 } else {
                     (false, cluster_range)
                 };
-                self.put_endpoints(owner, KeySpace::Vip, &key, &slots, &[range], affinity);
+                self.put_endpoints(
+                    owner,
+                    KeySpace::Vip,
+                    &key,
+                    &slots,
+                    &[range],
+                    affinity,
+                    &local_only,
+                );
             } else {
                 self.put(
                     owner,
@@ -708,7 +786,15 @@ impl<'a> FamilyBuilder<'a> {
                 let key = v(ip, proto, port.port);
                 if cat.has_any {
                     self.put(owner, SERVICE_IPS, key.clone(), Some(goto(ext_policy)));
-                    self.put_endpoints(owner, KeySpace::Vip, &key, &slots, &ext_ranges, affinity);
+                    self.put_endpoints(
+                        owner,
+                        KeySpace::Vip,
+                        &key,
+                        &slots,
+                        &ext_ranges,
+                        affinity,
+                        &local_only,
+                    );
                 }
                 if !has_external {
                     self.put(
@@ -745,6 +831,7 @@ impl<'a> FamilyBuilder<'a> {
                         &slots,
                         &ext_ranges,
                         affinity,
+                        np_hairpin,
                     );
                 }
                 if !has_external {
@@ -782,23 +869,21 @@ impl<'a> FamilyBuilder<'a> {
 
     fn finish(mut self) -> (Table, Vec<Warning>) {
         let f = self.family;
-        // Headroom: slots and plain load-balancing chains up to the next power of two of the
-        // largest endpoint count (at least MIN_SLOTS), so that an endpoint more or less is only
-        // element changes.
-        for (space, n) in self.slots.iter_mut() {
+        // Headroom: slots up to the next power of two of the largest endpoint count (at least
+        // MIN_SLOTS), so that an endpoint more or less is mostly element changes; at most twice
+        // what is used. Load-balancing chains are only those in use: one per distinct (count,
+        // offset, affinity), each as long as its count, so their total size is at most the sum
+        // of the services' endpoint counts.
+        for n in self.slots.values_mut() {
             *n = provisioned_slots(*n);
-            for count in 1..=*n {
-                self.lb_specs.insert(LbSpec {
-                    space: *space,
-                    count,
-                    offset: 0,
-                    affinity: false,
-                });
-            }
+        }
+        for n in self.port_slots.values_mut() {
+            *n = provisioned_slots(*n);
         }
         // Sets whose number follows the services: endpoint slot maps and affinity sets. Their
         // elements may already be there (recorded under a placeholder definition).
         for (space, n) in self.slots.clone() {
+            let port_slots = self.port_slots.get(&space).copied().unwrap_or(0);
             for j in 0..n {
                 let (am, pm) = slot_maps(space == KeySpace::NodePort, j);
                 self.define(
@@ -807,12 +892,16 @@ impl<'a> FamilyBuilder<'a> {
                     Some(DataType::Addr),
                     format!("address of endpoint slot {j}"),
                 );
-                self.define(
-                    &pm,
-                    space.key_types(f),
-                    Some(DataType::InetService),
-                    format!("port of endpoint slot {j}"),
-                );
+                if j < port_slots {
+                    self.define(
+                        &pm,
+                        space.key_types(f),
+                        Some(DataType::InetService),
+                        format!(
+                            "port of endpoint slot {j}, for keys whose endpoints differ in port"
+                        ),
+                    );
+                }
             }
         }
         for (space, timeouts) in self.affinity_timeouts.clone() {
@@ -1153,6 +1242,7 @@ impl<'a> FamilyBuilder<'a> {
 
         // Slot chains.
         let slots = self.slots.clone();
+        let port_slots = self.port_slots.clone();
         for (space, n) in slots {
             let npsp = space == KeySpace::NodePort;
             let timeouts = self
@@ -1184,11 +1274,20 @@ impl<'a> FamilyBuilder<'a> {
                     }
                 }
                 let (am, pm) = slot_maps(npsp, i);
+                // A key's port is in exactly one of the two port maps; a lookup that misses
+                // makes its rule not match.
                 rules.push(Rule::new(vec![Stmt::DnatMap {
                     key: space.key_expr(f),
-                    addr_map: am,
-                    port_map: pm,
+                    addr_map: am.clone(),
+                    port_map: shared_port_map(npsp).to_owned(),
                 }]));
+                if i < port_slots.get(&space).copied().unwrap_or(0) {
+                    rules.push(Rule::new(vec![Stmt::DnatMap {
+                        key: space.key_expr(f),
+                        addr_map: am,
+                        port_map: pm,
+                    }]));
+                }
                 chain(&slot_chain(npsp, i), None, rules);
             }
         }
@@ -1604,6 +1703,71 @@ mod tests {
                 Value::Prefix("192.168.0.0/24".parse().unwrap())
             ]
         );
+    }
+
+    /// One ClusterIP service with `n` ready endpoints on other nodes.
+    fn big_service(n: u32) -> Snapshot {
+        let mut s = lb_service(&[]);
+        let svc = s.services.values_mut().next().unwrap();
+        svc.service_type = ServiceType::ClusterIp;
+        let slice = s.slices.values_mut().next().unwrap();
+        let template = slice.endpoints[0].clone();
+        slice.endpoints = (0..n)
+            .map(|i| Endpoint {
+                address: IpAddr::from([10, 2, (i >> 8) as u8, i as u8]),
+                node_name: Some(format!("node-{}", i % 50)),
+                ..template.clone()
+            })
+            .collect();
+        s
+    }
+
+    /// Total size of the chains: rules plus anonymous vmap entries.
+    fn chain_size(r: &Ruleset) -> usize {
+        r.tables
+            .values()
+            .flat_map(|t| t.chains.values())
+            .flat_map(|c| &c.rules)
+            .map(|rule| {
+                1 + rule
+                    .stmts
+                    .iter()
+                    .map(|s| match s {
+                        Stmt::Vmap {
+                            map: MapRef::Anon(entries),
+                            ..
+                        } => entries.len(),
+                        _ => 0,
+                    })
+                    .sum::<usize>()
+            })
+            .sum()
+    }
+
+    /// A service with many endpoints costs linear size: one load-balancing chain of its count,
+    /// slot chains and maps up to the next power of two, one element per endpoint and key. Run
+    /// with `--nocapture` for the figures.
+    #[test]
+    fn one_large_service_is_linear_in_its_endpoints() {
+        for n in [1_000u32, 10_000, 50_000] {
+            let snap = big_service(n);
+            let start = std::time::Instant::now();
+            let r = compile(&snap, &config()).unwrap().ruleset;
+            let took = start.elapsed();
+            let (elements, chains, size) = (r.element_count(), r.chain_count(), chain_size(&r));
+            let sets: usize = r.tables.values().map(|t| t.sets.len()).sum();
+            println!(
+                "{n} endpoints: compile {took:?}, {elements} elements, {chains} chains, \
+                 {size} rules + vmap entries, {sets} sets"
+            );
+            let slots = provisioned_slots(n) as usize;
+            // Per endpoint: its address in its slot map; plus the key's own elements.
+            assert!(elements <= n as usize + 10, "{elements}");
+            // Slot chains (two rules at most) and one lb chain of n branches.
+            assert!(chains <= slots + 30, "{chains}");
+            assert!(size <= 2 * slots + n as usize + 50, "{size}");
+            assert!(sets <= slots + 30, "{sets}");
+        }
     }
 
     #[test]

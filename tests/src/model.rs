@@ -15,7 +15,7 @@
 //! service that has none on this node. Loopback counts as a node address for `fib saddr type
 //! local`, but NodePorts are never served on loopback addresses (as kube-proxy's nftables mode).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
@@ -48,6 +48,11 @@ pub struct Expected {
     /// For [`Verdict::Dnat`], every endpoint the packet may be sent to, with whether it is
     /// masqueraded (SNAT) on the way; empty otherwise.
     pub endpoints: BTreeMap<SocketAddr, bool>,
+    /// Endpoints of [`Self::endpoints`] whose masquerade flag is not checked: a pod of another
+    /// node reaching itself through a ClusterIP, external IP or load-balancer IP. That packet
+    /// cannot arrive here (its own node DNATs it), so kube-proxy's hairpin masquerade for it is
+    /// never exercised on this node.
+    pub unchecked_masquerade: BTreeSet<SocketAddr>,
     /// Which rule of the model decided, for failure messages.
     pub reason: String,
 }
@@ -67,28 +72,49 @@ impl Expected {
         Self {
             verdict,
             endpoints: BTreeMap::new(),
+            unchecked_masquerade: BTreeSet::new(),
             reason: reason.into(),
         }
     }
 
     /// DNAT to `endpoints`, each masqueraded if `masquerade`, or if it is the packet's own source
     /// (hairpin: every endpoint chain masquerades traffic from the endpoint to itself, so that
-    /// the reply comes back through the node).
+    /// the reply comes back through the node). A pod's traffic to a service is DNATed on its own
+    /// node, so an endpoint of another node reaches itself here only through a NodePort of this
+    /// node (`via_node_port`); otherwise its flag is left unchecked.
     fn dnat(
         endpoints: &[Endpoint],
         masquerade: bool,
         src: IpAddr,
+        via_node_port: bool,
         reason: impl Into<String>,
     ) -> Self {
-        let endpoints = endpoints
-            .iter()
-            .map(|e| (e.addr, masquerade || e.addr.ip() == src))
-            .collect();
+        let hairpin = |e: &Endpoint| e.addr.ip() == src;
         Self {
             verdict: Verdict::Dnat,
-            endpoints,
+            endpoints: endpoints
+                .iter()
+                .map(|e| (e.addr, masquerade || hairpin(e)))
+                .collect(),
+            unchecked_masquerade: endpoints
+                .iter()
+                .filter(|e| !masquerade && hairpin(e) && !e.local && !via_node_port)
+                .map(|e| e.addr)
+                .collect(),
             reason: reason.into(),
         }
+    }
+
+    /// Whether a tracer's answer agrees: same verdict and endpoints, same masquerade flags
+    /// except where they are unchecked.
+    pub fn agrees(&self, verdict: Verdict, endpoints: &BTreeMap<SocketAddr, bool>) -> bool {
+        verdict == self.verdict
+            && endpoints.len() == self.endpoints.len()
+            && endpoints.iter().all(|(e, m)| {
+                self.endpoints
+                    .get(e)
+                    .is_some_and(|want| want == m || self.unchecked_masquerade.contains(e))
+            })
     }
 }
 
@@ -502,6 +528,7 @@ pub fn expect(snapshot: &Snapshot, config: &ProxyConfig, packet: &Packet) -> Exp
             internal,
             masquerade,
             packet.src,
+            false,
             format!("{svc}: clusterIP"),
         );
     }
@@ -538,6 +565,7 @@ pub fn expect(snapshot: &Snapshot, config: &ProxyConfig, packet: &Packet) -> Exp
             &cat.cluster,
             true,
             packet.src,
+            matches!(entry, Entry::NodePort),
             format!("{svc}: external, eTP Cluster"),
         );
     }
@@ -549,6 +577,7 @@ pub fn expect(snapshot: &Snapshot, config: &ProxyConfig, packet: &Packet) -> Exp
             &cat.cluster,
             false,
             packet.src,
+            matches!(entry, Entry::NodePort),
             format!("{svc}: external, eTP Local, pod source"),
         );
     }
@@ -557,6 +586,7 @@ pub fn expect(snapshot: &Snapshot, config: &ProxyConfig, packet: &Packet) -> Exp
             &cat.cluster,
             true,
             packet.src,
+            matches!(entry, Entry::NodePort),
             format!("{svc}: external, eTP Local, node source"),
         );
     }
@@ -570,6 +600,7 @@ pub fn expect(snapshot: &Snapshot, config: &ProxyConfig, packet: &Packet) -> Exp
         &cat.local,
         false,
         packet.src,
+        matches!(entry, Entry::NodePort),
         format!("{svc}: external, eTP Local"),
     )
 }
