@@ -333,18 +333,46 @@ struct Slots {
 
 /// Arranges the two endpoint lists into slots: local-only, both, cluster-only, so that each list
 /// is a contiguous range.
-fn arrange_slots(cluster: &[(IpAddr, u16)], local: &[(IpAddr, u16)]) -> Slots {
+///
+/// Slots are stable: an endpoint keeps its slot in `previous` while that slot is inside its
+/// group's range. The others (new endpoints, or those pushed out of their range because a group
+/// shrank or moved) fill the free slots of their range, lowest first, in address order. So an
+/// endpoint removed from a range is replaced by the one in the range's last slot (swap-remove),
+/// an added one takes the slot after the range, and one endpoint added or removed moves at most
+/// one other per group boundary, wherever it sorts. Without `previous`, slots follow address
+/// order.
+fn arrange_slots(
+    cluster: &[(IpAddr, u16)],
+    local: &[(IpAddr, u16)],
+    previous: &BTreeMap<(IpAddr, u16), u32>,
+) -> Slots {
     let cset: BTreeSet<_> = cluster.iter().copied().collect();
     let lset: BTreeSet<_> = local.iter().copied().collect();
     let local_only: Vec<_> = lset.difference(&cset).copied().collect();
     let both: Vec<_> = lset.intersection(&cset).copied().collect();
     let cluster_only: Vec<_> = cset.difference(&lset).copied().collect();
-    let mut slots = local_only;
-    let cluster_offset = slots.len() as u32;
-    slots.extend(both.iter().copied());
-    slots.extend(cluster_only);
+    let cluster_offset = local_only.len() as u32;
+    let total = local_only.len() + both.len() + cluster_only.len();
+    let mut slots: Vec<Option<(IpAddr, u16)>> = vec![None; total];
+    let mut start = 0;
+    for group in [local_only, both, cluster_only] {
+        let range = start..start + group.len();
+        let mut rest = Vec::new();
+        for ep in group {
+            match previous.get(&ep).map(|i| *i as usize) {
+                Some(i) if range.contains(&i) && slots[i].is_none() => slots[i] = Some(ep),
+                _ => rest.push(ep),
+            }
+        }
+        let free: Vec<usize> = range.clone().filter(|i| slots[*i].is_none()).collect();
+        for (i, ep) in free.into_iter().zip(rest) {
+            slots[i] = Some(ep);
+        }
+        start = range.end;
+    }
     Slots {
-        slots,
+        // Every slot of every range is filled: each range has as many slots as its group.
+        slots: slots.into_iter().flatten().collect(),
         cluster: (cluster_offset, cset.len() as u32),
         local: (0, lset.len() as u32),
     }
@@ -354,6 +382,8 @@ fn arrange_slots(cluster: &[(IpAddr, u16)], local: &[(IpAddr, u16)]) -> Slots {
 struct FamilyBuilder<'a> {
     family: IpFamily,
     cfg: &'a ProxyConfig,
+    /// The previous table of this family, whose slot assignment is kept where possible.
+    previous: Option<&'a Table>,
     sets: BTreeMap<String, Set>,
     lb_specs: BTreeSet<LbSpec>,
     /// Endpoint slots in use per key space (one more than the highest slot index).
@@ -510,6 +540,7 @@ impl<'a> FamilyBuilder<'a> {
         Self {
             family,
             cfg,
+            previous: None,
             sets,
             lb_specs: BTreeSet::new(),
             slots: BTreeMap::new(),
@@ -565,6 +596,50 @@ impl<'a> FamilyBuilder<'a> {
 
     fn put_shared(&mut self, set: &str, key: Vec<Value>) {
         self.set_mut(set).elements.insert(key, None);
+    }
+
+    /// The slot of every endpoint the previous table holds for these keys of one service port
+    /// (the first key holding a slot wins; an endpoint in two slots keeps the lower one).
+    fn previous_slots(&self, keys: &[(KeySpace, Vec<Value>)]) -> BTreeMap<(IpAddr, u16), u32> {
+        let mut out = BTreeMap::new();
+        let Some(t) = self.previous else {
+            return out;
+        };
+        let mut by_slot: BTreeMap<u32, (IpAddr, u16)> = BTreeMap::new();
+        let lookup = |set: &str, key: &Vec<Value>| {
+            t.sets
+                .get(set)
+                .and_then(|s| s.elements.get(key))
+                .cloned()
+                .flatten()
+        };
+        for (space, key) in keys {
+            let npsp = *space == KeySpace::NodePort;
+            let shared = match lookup(shared_port_map(npsp), key) {
+                Some(ElemData::Port(p)) => Some(p),
+                _ => None,
+            };
+            for i in 0.. {
+                let (am, pm) = slot_maps(npsp, i);
+                let Some(addrs) = t.sets.get(&am) else {
+                    break;
+                };
+                let Some(Some(ElemData::Addr(addr))) = addrs.elements.get(key) else {
+                    continue;
+                };
+                let port = shared.or(match lookup(&pm, key) {
+                    Some(ElemData::Port(p)) => Some(p),
+                    _ => None,
+                });
+                if let Some(port) = port {
+                    by_slot.entry(i).or_insert((*addr, port));
+                }
+            }
+        }
+        for (i, ep) in by_slot {
+            out.entry(ep).or_insert(i);
+        }
+        out
     }
 
     fn ensure_slot(&mut self, space: KeySpace, i: u32, own_port: bool) {
@@ -708,7 +783,17 @@ impl<'a> FamilyBuilder<'a> {
                 slots,
                 cluster: cluster_range,
                 local: local_range,
-            } = arrange_slots(&cat.cluster, &cat.local);
+            } = {
+                let mut keys = vec![(KeySpace::Vip, v(cluster_ip, port.protocol, port.port))];
+                keys.extend(
+                    external_ips
+                        .iter()
+                        .chain(&lb_ips)
+                        .map(|ip| (KeySpace::Vip, v(*ip, port.protocol, port.port))),
+                );
+                keys.extend(node_port.map(|p| (KeySpace::NodePort, np(port.protocol, p))));
+                arrange_slots(&cat.cluster, &cat.local, &self.previous_slots(&keys))
+            };
             let has_internal = if itp_local {
                 !cat.local.is_empty()
             } else {
@@ -1563,8 +1648,29 @@ impl<'a> FamilyBuilder<'a> {
 }
 
 /// Compiles a snapshot into a ruleset: an `ip` table, and an `ip6` table when the node, the
-/// config or any service uses IPv6.
+/// config or any service uses IPv6. Endpoint slots follow address order; see
+/// [`compile_with_previous`] to keep the slots of an earlier ruleset.
 pub fn compile(snapshot: &Snapshot, config: &ProxyConfig) -> Result<Compiled, CompileError> {
+    compile_inner(snapshot, config, None)
+}
+
+/// Like [`compile`], but every endpoint keeps the slot it has in `previous` (the ruleset the
+/// kernel holds, or the last one compiled) where its range allows, so that a change moves
+/// few elements and ClientIP affinity, which is kept per slot, stays with the endpoint.
+/// The result depends only on the snapshot, the config and `previous`.
+pub fn compile_with_previous(
+    snapshot: &Snapshot,
+    config: &ProxyConfig,
+    previous: &Ruleset,
+) -> Result<Compiled, CompileError> {
+    compile_inner(snapshot, config, Some(previous))
+}
+
+fn compile_inner(
+    snapshot: &Snapshot,
+    config: &ProxyConfig,
+    previous: Option<&Ruleset>,
+) -> Result<Compiled, CompileError> {
     check_config(config)?;
     let ctx = NodeContext::of(snapshot, config);
     let mut warnings = ctx.warnings(config);
@@ -1577,6 +1683,7 @@ pub fn compile(snapshot: &Snapshot, config: &ProxyConfig) -> Result<Compiled, Co
     let mut ruleset = Ruleset::default();
     for f in ctx.families(config, services.iter().copied()) {
         let mut b = FamilyBuilder::for_node(f, config, &ctx);
+        b.previous = previous.and_then(|r| r.tables.get(&f));
         for svc in &services {
             let own = slices
                 .get(&(svc.name.namespace.as_str(), svc.name.name.as_str()))

@@ -622,7 +622,9 @@ impl Engine {
                 return;
             }
         };
-        if let Err(e) = self.compiler.update(&self.snapshot, None) {
+        // Compiled keeping the kernel's endpoint slots: after a restart or a failed sync, no
+        // endpoint moves (and no ClientIP affinity changes) that did not need to.
+        if let Err(e) = self.compiler.resync(&self.snapshot, &current) {
             self.fail(true, started, now, 0, 0, services, e.to_string());
             return;
         }

@@ -52,7 +52,7 @@ pub mod ruleset;
 pub mod snapshot;
 pub mod trace;
 
-pub use compile::{compile, CompileError, Compiled};
+pub use compile::{compile, compile_with_previous, CompileError, Compiled};
 pub use config::ProxyConfig;
 pub use engine::{Action, Engine, Event, Object, ResourceKind, SyncTiming};
 pub use ruleset::Ruleset;

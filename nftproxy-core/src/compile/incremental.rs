@@ -8,8 +8,10 @@
 //! [`Transaction`]: element adds and deletes, plus chain and set changes when the set of
 //! load-balancing chains or slots changed. No full-ruleset diff is made.
 //!
-//! The result is always the ruleset [`compile`](super::compile) would produce for the same
-//! snapshot. When the node itself changes (its IPs, zone or pod CIDRs), when a family appears or
+//! The result is always the ruleset [`compile_with_previous`](super::compile_with_previous)
+//! would produce for the same snapshot from the previous ruleset: endpoints keep their slots
+//! (see `arrange_slots`), so one endpoint added or removed is a few element changes wherever it
+//! sorts. When the node itself changes (its IPs, zone or pod CIDRs), when a family appears or
 //! disappears, or when two services claim the same key with different data, the update falls back
 //! to a full compile and a full plan.
 
@@ -124,7 +126,8 @@ impl IncrementalCompiler {
         })
     }
 
-    /// The current ruleset: equal to `compile(snapshot, config)` for the last snapshot.
+    /// The current ruleset: equal to `compile_with_previous(snapshot, config, previous)` for the
+    /// last snapshot and the ruleset before it.
     pub fn ruleset(&self) -> &Ruleset {
         &self.ruleset
     }
@@ -196,6 +199,7 @@ impl IncrementalCompiler {
                     svc,
                     slices.get(name).map(Vec::as_slice).unwrap_or(&[]),
                     &ctx,
+                    &self.ruleset,
                 )),
                 _ => None,
             };
@@ -254,16 +258,19 @@ impl IncrementalCompiler {
             .collect()
     }
 
-    /// Compiles one service's contribution to every family.
+    /// Compiles one service's contribution to every family, keeping the slots it has in
+    /// `previous`.
     fn contribution(
         &self,
         svc: &Service,
         slices: &[&EndpointSlice],
         ctx: &NodeContext,
+        previous: &Ruleset,
     ) -> Contribution {
         let mut out = Contribution::new();
         for f in &self.families {
             let mut b = FamilyBuilder::new(*f, &self.config);
+            b.previous = previous.tables.get(f);
             b.node_ips = ctx.node_ips.clone();
             b.add_service(svc, slices, &self.config.node_name, ctx.zone.as_deref());
             let mut part = FamilyPart::default();
@@ -522,6 +529,20 @@ impl IncrementalCompiler {
         ops
     }
 
+    /// Compiles everything again, keeping the slots of `kernel` (the tables as the kernel holds
+    /// them, read back), and makes that the current ruleset. Planning from `kernel` to
+    /// [`Self::ruleset`] then moves no endpoint that did not need to move, also after a restart.
+    pub fn resync(&mut self, snapshot: &Snapshot, kernel: &Ruleset) -> Result<(), CompileError> {
+        self.removed.clear();
+        let ctx = NodeContext::of(snapshot, &self.config);
+        let mut families = ctx.families(&self.config, std::iter::empty());
+        if !self.all_v6_services(snapshot).is_empty() {
+            families.insert(IpFamily::V6);
+        }
+        self.rebuild_from(snapshot, ctx, families, Some(kernel))
+            .map(|_| ())
+    }
+
     /// Compiles everything from scratch and plans from the previous ruleset.
     fn rebuild(
         &mut self,
@@ -529,7 +550,19 @@ impl IncrementalCompiler {
         ctx: NodeContext,
         families: BTreeSet<IpFamily>,
     ) -> Result<Transaction, CompileError> {
+        self.rebuild_from(snapshot, ctx, families, None)
+    }
+
+    /// [`Self::rebuild`], keeping the slots of `slots_from` (default: the previous ruleset).
+    fn rebuild_from(
+        &mut self,
+        snapshot: &Snapshot,
+        ctx: NodeContext,
+        families: BTreeSet<IpFamily>,
+        slots_from: Option<&Ruleset>,
+    ) -> Result<Transaction, CompileError> {
         let old = std::mem::take(&mut self.ruleset);
+        let previous = slots_from.unwrap_or(&old);
         self.services.clear();
         self.elems.clear();
         self.specs.clear();
@@ -539,7 +572,7 @@ impl IncrementalCompiler {
         self.families = families;
         self.conflicted = false;
         self.v6_services = self.all_v6_services(snapshot);
-        let compiled = match super::compile(snapshot, &self.config) {
+        let compiled = match super::compile_with_previous(snapshot, &self.config, previous) {
             Ok(c) => c,
             Err(e) => {
                 // Never turn a compile error into an empty ruleset (whose transaction would
@@ -560,6 +593,7 @@ impl IncrementalCompiler {
                 svc,
                 slices.get(&svc.name).map(Vec::as_slice).unwrap_or(&[]),
                 &ctx,
+                previous,
             );
             if self.add(&c, &mut scratch).is_err() {
                 self.conflicted = true;
@@ -664,7 +698,8 @@ fn phase(op: &Op) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compile::compile;
+    use crate::compile::v;
+    use crate::compile::{compile, compile_with_previous};
     use crate::fake::Fake;
     use crate::snapshot::{
         AddressType, Endpoint, Protocol, ServicePort, ServiceType, SlicePort, TrafficPolicy,
@@ -821,10 +856,17 @@ mod tests {
                 }
             }
             let hint = [name];
+            let previous = inc.ruleset().clone();
             let tx = inc
                 .update(&snap, if step % 3 == 0 { None } else { Some(&hint) })
                 .unwrap();
-            let want = compile(&snap, &cfg).unwrap().ruleset;
+            let want = compile_with_previous(&snap, &cfg, &previous)
+                .unwrap()
+                .ruleset;
+            // The same from the kernel's state, as the CLI and a resync plan.
+            let mut again = IncrementalCompiler::new(cfg.clone()).unwrap();
+            again.resync(&snap, &previous).unwrap();
+            assert_eq!(again.ruleset(), &want, "seed {seed} step {step}: resync");
             assert_eq!(inc.ruleset(), &want, "seed {seed} step {step}");
             fake.apply(&tx)
                 .unwrap_or_else(|e| panic!("seed {seed} step {step}: {e}\n{tx}"));
@@ -894,5 +936,183 @@ mod tests {
             "{tx}"
         );
         assert!(tx.len() <= 6, "{tx}");
+    }
+
+    /// `n` services of `kind` with 10 ready endpoints each (`10.S.S.10` .. `10.S.S.100`, every
+    /// fifth on this node).
+    fn ten_endpoint_services(n: u64, kind: ServiceType) -> Snapshot {
+        let mut rng = Rng(7);
+        let mut snap = Snapshot::default();
+        for i in 0..n {
+            let s = Service {
+                name: ObjectName::new("ns", format!("s{i}")),
+                service_type: kind,
+                cluster_ips: vec![IpAddr::from([172, 30, (i >> 8) as u8, i as u8])],
+                ports: vec![ServicePort {
+                    name: "a".into(),
+                    protocol: Protocol::Tcp,
+                    port: 80,
+                    node_port: Some(30000 + i as u16),
+                }],
+                external_ips: vec![],
+                load_balancer_ips: vec![IpAddr::from([1, 2, (i >> 8) as u8, i as u8])],
+                load_balancer_source_ranges: vec![],
+                external_traffic_policy: TrafficPolicy::Cluster,
+                internal_traffic_policy: TrafficPolicy::Cluster,
+                session_affinity_timeout: None,
+                service_proxy_name: None,
+                traffic_distribution: None,
+                health_check_node_port: None,
+            };
+            snap.services.insert(s.name.clone(), s);
+            let mut sl = slice(i, &mut rng);
+            sl.endpoints = (1..=10u8)
+                .map(|j| Endpoint {
+                    address: IpAddr::from([10, (i >> 8) as u8, i as u8, j * 10]),
+                    ready: true,
+                    serving: true,
+                    terminating: false,
+                    node_name: Some(if j % 5 == 0 { "node-a" } else { "node-b" }.into()),
+                    zone: None,
+                    hint_zones: vec![],
+                    hint_nodes: vec![],
+                })
+                .collect();
+            snap.slices.insert(sl.name.clone(), sl);
+        }
+        snap
+    }
+
+    /// Operations and compile + plan time for one endpoint added or removed at the start, the
+    /// middle and the end of a 10-endpoint service's address order. Every transaction is applied
+    /// to a fake and checked against `compile_with_previous`. Run with `--nocapture` for the
+    /// figures.
+    #[test]
+    fn one_endpoint_change_is_constant_wherever_it_sorts() {
+        endpoint_changes(&[
+            (1_000, ServiceType::ClusterIp, 8),
+            (1_000, ServiceType::NodePort, 15),
+            (1_000, ServiceType::LoadBalancer, 15),
+        ]);
+    }
+
+    /// The same at 10k services (slow: every step is checked against a full compile).
+    #[test]
+    #[ignore]
+    fn one_endpoint_change_is_constant_at_10k_services() {
+        endpoint_changes(&[(10_000, ServiceType::ClusterIp, 8)]);
+    }
+
+    fn endpoint_changes(cases: &[(u64, ServiceType, usize)]) {
+        let cfg = config();
+        for &(n, kind, limit) in cases {
+            let mut snap = ten_endpoint_services(n, kind);
+            let mut inc = IncrementalCompiler::new(cfg.clone()).unwrap();
+            let mut fake = Fake::new();
+            fake.apply(&inc.update(&snap, None).unwrap()).unwrap();
+            // A service in the middle of the cluster.
+            let slice_name = ObjectName::new("ns", format!("s{}-x", n / 2));
+            let svc = ObjectName::new("ns", format!("s{}", n / 2));
+            let base = snap.slices[&slice_name].endpoints.clone();
+            let mut line = format!("{n} x {kind:?}:");
+            let mut step = |snap: &mut Snapshot, what: &str, eps: Vec<Endpoint>| {
+                snap.slices.get_mut(&slice_name).unwrap().endpoints = eps;
+                let previous = inc.ruleset().clone();
+                let start = std::time::Instant::now();
+                let tx = inc.update(snap, Some(std::slice::from_ref(&svc))).unwrap();
+                let took = start.elapsed();
+                fake.apply(&tx).unwrap();
+                let want = compile_with_previous(snap, &cfg, &previous)
+                    .unwrap()
+                    .ruleset;
+                assert_eq!(inc.ruleset(), &want, "{what}");
+                assert_eq!(fake.dump(), &want, "{what}");
+                assert!(
+                    tx.len() <= limit,
+                    "{n} {kind:?} {what}: {} ops\n{tx}",
+                    tx.len()
+                );
+                line.push_str(&format!(
+                    " {what} {} ops {:.2} ms;",
+                    tx.len(),
+                    took.as_secs_f64() * 1e3
+                ));
+            };
+            let i = n / 2;
+            for (pos, last) in [("start", 5u8), ("middle", 55), ("end", 105)] {
+                let mut eps = base.clone();
+                let mut e = eps[0].clone();
+                e.address = IpAddr::from([10, (i >> 8) as u8, i as u8, last]);
+                e.node_name = Some("node-a".into());
+                eps.push(e);
+                step(&mut snap, &format!("+1 at {pos}"), eps);
+                step(&mut snap, "(back)", base.clone());
+            }
+            for (pos, at) in [("start", 0), ("middle", 5), ("end", 9)] {
+                let mut eps = base.clone();
+                eps.remove(at);
+                step(&mut snap, &format!("-1 at {pos}"), eps);
+                step(&mut snap, "(back)", base.clone());
+            }
+            println!("{line}");
+        }
+    }
+
+    /// Endpoint address → slot of one key, read from the ruleset.
+    fn slots_of(r: &Ruleset, key: &[Value]) -> BTreeMap<IpAddr, u32> {
+        let t = &r.tables[&IpFamily::V4];
+        let mut out = BTreeMap::new();
+        for i in 0.. {
+            let Some(set) = t.sets.get(&format!("ep-{i}-addr")) else {
+                break;
+            };
+            if let Some(Some(ElemData::Addr(a))) = set.elements.get(key) {
+                out.insert(*a, i);
+            }
+        }
+        out
+    }
+
+    /// ClientIP affinity is remembered per slot (`aff-I`): an endpoint that keeps its slot keeps
+    /// its clients. Stable slots keep every endpoint in place when one is added, and move only
+    /// the range's last endpoint into the slot of a removed one (its clients choose again);
+    /// without them every endpoint after the removed one in address order would move, its
+    /// clients sticking to the wrong endpoint.
+    #[test]
+    fn affinity_clients_stay_with_their_endpoint_except_the_one_moved() {
+        let cfg = config();
+        let mut snap = ten_endpoint_services(3, ServiceType::ClusterIp);
+        let svc = ObjectName::new("ns", "s1");
+        snap.services
+            .get_mut(&svc)
+            .unwrap()
+            .session_affinity_timeout = Some(10800);
+        let slice = ObjectName::new("ns", "s1-x");
+        let key = v(IpAddr::from([172, 30, 0, 1]), Protocol::Tcp, 80);
+        let mut inc = IncrementalCompiler::new(cfg).unwrap();
+        inc.update(&snap, None).unwrap();
+        let before = slots_of(inc.ruleset(), &key);
+        assert_eq!(before.len(), 10);
+
+        // One added in the middle of the address order: nobody moves.
+        let mut e = snap.slices[&slice].endpoints[0].clone();
+        e.address = IpAddr::from([10, 0, 1, 55]);
+        snap.slices.get_mut(&slice).unwrap().endpoints.push(e);
+        inc.update(&snap, Some(std::slice::from_ref(&svc))).unwrap();
+        let added = slots_of(inc.ruleset(), &key);
+        for (addr, slot) in &before {
+            assert_eq!(added.get(addr), Some(slot), "{addr} moved");
+        }
+        assert_eq!(added[&IpAddr::from([10, 0, 1, 55])], 10);
+
+        // One removed from the start: only the endpoint of the last slot moves, into its slot.
+        snap.slices.get_mut(&slice).unwrap().endpoints.remove(0);
+        inc.update(&snap, Some(std::slice::from_ref(&svc))).unwrap();
+        let removed = slots_of(inc.ruleset(), &key);
+        let moved: Vec<_> = removed
+            .iter()
+            .filter(|(a, s)| added.get(*a) != Some(*s))
+            .collect();
+        assert_eq!(moved, [(&IpAddr::from([10, 0, 1, 55]), &0)], "{removed:?}");
     }
 }
