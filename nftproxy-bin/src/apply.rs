@@ -8,7 +8,7 @@
 use anyhow::{Context, Result};
 use nftproxy_core::plan::{self, Transaction};
 use nftproxy_core::snapshot::IpFamily;
-use nftproxy_core::{readback, Ruleset};
+use nftproxy_core::{readback, ProxyConfig, Ruleset, Snapshot};
 
 use crate::conntrack;
 use crate::netlink::NetlinkSocket;
@@ -212,7 +212,13 @@ fn check_mass_delete(current: &Ruleset, desired: &Ruleset, allowed: bool) -> Res
 }
 
 /// Moves the kernel from its current state to `desired`.
-pub fn apply(table: &str, desired: &Ruleset, opts: &ApplyOptions) -> Result<()> {
+///
+/// The ruleset is compiled against what the kernel holds ([`compile_with_previous`]), so
+/// endpoints keep their slots and a one-endpoint change stays a few operations.
+///
+/// [`compile_with_previous`]: nftproxy_core::compile::compile_with_previous
+pub fn apply(snapshot: &Snapshot, config: &ProxyConfig, opts: &ApplyOptions) -> Result<()> {
+    let table = config.table_name.as_str();
     let nft = Nft::from_env();
     let caps = probe::probe(&nft)?;
     let backend = caps.choose(opts.backend)?;
@@ -229,6 +235,11 @@ pub fn apply(table: &str, desired: &Ruleset, opts: &ApplyOptions) -> Result<()> 
     }
     let _lock = crate::lock::lock_table(&nft, table, LOCK_WAIT)?;
     let current = read_current_with(&nft, backend, table)?;
+    let compiled = nftproxy_core::compile::compile_with_previous(snapshot, config, &current)?;
+    for w in &compiled.warnings {
+        tracing::warn!("{w}");
+    }
+    let desired = &compiled.ruleset;
     check_mass_delete(&current, desired, opts.allow_mass_delete)?;
     let tx = plan::plan(&current, desired);
     if opts.dry_run {

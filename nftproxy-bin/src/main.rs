@@ -307,7 +307,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             dry_run,
             allow_mass_delete,
         } => {
-            let (snapshot, config, ruleset) = input.compile()?;
+            let (snapshot, config) = input.load()?;
             anyhow::ensure!(
                 allow_mass_delete || !snapshot.services.is_empty(),
                 "the snapshot {} has no Services: applying it would delete every Service's rules; \
@@ -315,8 +315,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 input.snapshot.display()
             );
             apply::apply(
-                &config.table_name,
-                &ruleset,
+                &snapshot,
+                &config,
                 &apply::ApplyOptions {
                     backend,
                     dry_run,
