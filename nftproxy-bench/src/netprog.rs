@@ -51,6 +51,10 @@ use serde_json::{json, Value};
 
 use crate::netns::{Netns, Reaped};
 
+mod kubeproxy;
+
+pub(crate) use kubeproxy::{KubeProxyRun, KubeProxySpec};
+
 /// The API server's NodePort range (`scripts/realapi` passes `--service-node-port-range`).
 const NODE_PORT_MAX: u64 = 32_767;
 /// Pause after a change's sync line on top of minSyncPeriod.
@@ -192,6 +196,10 @@ pub(crate) struct NetProg {
     pub(crate) apiserver_hwm_kib: Option<u64>,
     pub(crate) apiserver_rss_kib: Option<u64>,
     pub(crate) etcd_hwm_kib: Option<u64>,
+    /// kube-proxy on the same API server and objects, after the daemon's runs.
+    pub(crate) kube_proxy: Option<KubeProxyRun>,
+    /// Why that is missing.
+    pub(crate) kube_proxy_skipped: Option<String>,
     /// The whole stage, servers' start to stop.
     pub(crate) stage_ms: f64,
     /// Checks that failed (each also an error of the scale).
@@ -222,20 +230,26 @@ pub(crate) struct Setup {
     pub(crate) min_sync_periods: Vec<String>,
     pub(crate) changes: usize,
     pub(crate) concurrency: usize,
+    /// kube-proxy's binary and how many one-endpoint changes to time, if it is measured.
+    pub(crate) kube_proxy: Option<(PathBuf, usize)>,
 }
 
-/// `scripts/realapi bin`: `Ok` when the servers are built, else why not.
-pub(crate) fn realapi_built(script: &Path) -> std::result::Result<(), String> {
+/// `scripts/realapi bin`: the directory of the built servers (and kube-proxy), else why not.
+pub(crate) fn realapi_built(script: &Path) -> std::result::Result<PathBuf, String> {
     let out = Command::new(script)
         .arg("bin")
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .output()
         .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err("kube-apiserver/etcd not built: run `scripts/realapi build`".to_owned())
+    let dir = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .map(|l| PathBuf::from(l.trim()))
+        .filter(|d| d.is_dir());
+    match dir {
+        Some(dir) if out.status.success() => Ok(dir),
+        _ => Err("kube-apiserver/etcd not built: run `scripts/realapi build`".to_owned()),
     }
 }
 
@@ -315,6 +329,8 @@ pub(crate) struct Spec {
     node_name: String,
     node_ip: String,
     cluster_cidr: String,
+    /// kube-proxy, run after the daemon's runs.
+    kube_proxy: Option<KubeProxySpec>,
 }
 
 /// The ClusterIP range for `n` generated services (172.16.0.10 upwards, see `cluster`).
@@ -390,6 +406,16 @@ pub(crate) fn measure(setup: &Setup, snapshot: &Path, n: usize, m: usize) -> Res
         node_name: crate::NODE_NAME.to_owned(),
         node_ip: crate::NODE_IP.to_owned(),
         cluster_cidr: crate::CLUSTER_CIDR.to_owned(),
+        kube_proxy: setup
+            .kube_proxy
+            .as_ref()
+            .map(|(bin, changes)| KubeProxySpec {
+                bin: bin.clone(),
+                changes: *changes,
+                log: setup
+                    .workdir
+                    .join(format!("netprog-kube-proxy-{n}x{m}.log")),
+            }),
     };
     let spec_path = dir.join("netprog-spec.json");
     std::fs::write(&spec_path, serde_json::to_vec_pretty(&spec)?)?;
@@ -658,7 +684,15 @@ fn has_ip(text: &str, ip: &str) -> bool {
     })
 }
 
-/// The running daemon and its stderr, line by line with the time each was read.
+/// Which output of a [`Daemon`] is read line by line (the other goes nowhere).
+#[derive(Debug, Clone, Copy)]
+enum Output {
+    Stdout,
+    Stderr,
+}
+
+/// A running daemon and its stderr (or stdout), line by line with the time each was read; the
+/// lines are also written to a log file. Killed and reaped on drop.
 struct Daemon {
     pid: u32,
     child: Option<Reaped>,
@@ -668,6 +702,43 @@ struct Daemon {
 }
 
 impl Daemon {
+    /// Starts `cmd` (stdin from /dev/null) and a thread that reads and timestamps `output`'s
+    /// lines as they arrive, copying them to the file `log`.
+    fn spawn(mut cmd: Command, output: Output, log: PathBuf) -> Result<Self> {
+        let mut file =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        cmd.stdin(Stdio::null());
+        match output {
+            Output::Stdout => cmd.stdout(Stdio::piped()).stderr(Stdio::null()),
+            Output::Stderr => cmd.stdout(Stdio::null()).stderr(Stdio::piped()),
+        };
+        let mut child = cmd.spawn()?;
+        let pid = child.id();
+        let pipe: Box<dyn std::io::Read + Send> = match output {
+            Output::Stdout => Box::new(child.stdout.take().context("no stdout pipe")?),
+            Output::Stderr => Box::new(child.stderr.take().context("no stderr pipe")?),
+        };
+        let child = Reaped(child);
+        let (tx, rx) = mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                let t = Instant::now();
+                let _ = writeln!(file, "{line}");
+                if tx.send((t, line)).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Self {
+            pid,
+            child: Some(child),
+            lines: rx,
+            reader: Some(reader),
+            log,
+        })
+    }
+
     /// The next line, waiting until `deadline`.
     fn line(&self, deadline: Instant) -> Result<(Instant, String)> {
         let wait = deadline.saturating_duration_since(Instant::now());
@@ -755,6 +826,26 @@ impl Child {
             }
             let run = self.run(period, i, periods.len(), &mut result.problems)?;
             result.runs.push(run);
+        }
+        if let Some(kp) = self.spec.kube_proxy.clone() {
+            self.delete_tables()?;
+            match self.kube_proxy(&kp) {
+                Ok(run) => {
+                    result.problems.extend(
+                        run.log_problems
+                            .iter()
+                            .map(|l| format!("kube-proxy logged: {l}")),
+                    );
+                    result.kube_proxy = Some(run);
+                }
+                Err(e) => {
+                    result.problems.push(format!("kube-proxy: {e:#}"));
+                    result.kube_proxy_skipped = Some("failed".to_owned());
+                }
+            }
+            self.delete_tables()?;
+        } else {
+            result.kube_proxy_skipped = Some("no --kube-proxy".to_owned());
         }
         let dir = &self.spec.realapi_dir;
         if let Some(pid) = pid_file(&dir.join("apiserver.pid")) {
@@ -944,8 +1035,6 @@ impl Child {
     fn spawn_daemon(&self, period: &str, flag: bool) -> Result<Daemon> {
         let spec = &self.spec;
         let log = PathBuf::from(format!("{}-{period}.log", spec.daemon_log.display()));
-        let mut file =
-            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let mut cmd = Command::new(&spec.nftproxy);
         cmd.arg("run")
             .arg("--kubeconfig")
@@ -955,34 +1044,9 @@ impl Child {
         if flag {
             cmd.args(["--min-sync-period", period]);
         }
-        cmd.env_remove("NFTPROXY_LOG")
-            .env_remove("NFTPROXY_NFT")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("starting {} run", spec.nftproxy.display()))?;
-        let pid = child.id();
-        let stderr = child.stderr.take().context("no stderr pipe")?;
-        let (tx, rx) = mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let t = Instant::now();
-                let _ = writeln!(file, "{line}");
-                if tx.send((t, line)).is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(Daemon {
-            pid,
-            child: Some(Reaped(child)),
-            lines: rx,
-            reader: Some(reader),
-            log,
-        })
+        cmd.env_remove("NFTPROXY_LOG").env_remove("NFTPROXY_NFT");
+        Daemon::spawn(cmd, Output::Stderr, log)
+            .with_context(|| format!("starting {} run", spec.nftproxy.display()))
     }
 
     /// The next change: slice index, the new endpoint list, a description, and the endpoint

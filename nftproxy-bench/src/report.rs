@@ -7,6 +7,7 @@ use crate::cluster::Counts;
 use crate::dataplane::Latency;
 use crate::inproc::InProcess;
 use crate::kernel::{ApplyRun, ReferenceRun};
+use crate::netprog::KubeProxyRun;
 
 /// The machine the run happened on.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -73,6 +74,27 @@ pub(crate) struct ScaleResult {
 impl ScaleResult {
     fn ratio_reference(&self) -> Option<f64> {
         Some(self.reference.as_ref()?.wall_ms / self.full_apply.as_ref()?.wall_ms)
+    }
+
+    fn kube_proxy(&self) -> Option<&KubeProxyRun> {
+        self.netprog.as_ref()?.kube_proxy.as_ref()
+    }
+
+    /// The daemon's run against the real API server that the kube-proxy ratios compare with:
+    /// minSyncPeriod 1s, kube-proxy's default too.
+    fn daemon_run(&self) -> Option<&crate::netprog::Run> {
+        let p = self.netprog.as_ref()?;
+        p.run("1s").or(p.runs.first())
+    }
+
+    /// kube-proxy's first full sync over the daemon's (both from process start).
+    fn ratio_kube_proxy_first_sync(&self) -> Option<f64> {
+        Some(self.kube_proxy()?.first_sync_ms / self.daemon_run()?.first_sync_ms)
+    }
+
+    /// kube-proxy's one-endpoint latency p50 over the daemon's.
+    fn ratio_kube_proxy_endpoint(&self) -> Option<f64> {
+        Some(self.kube_proxy()?.latency?.p50 / self.daemon_run()?.latency?.p50)
     }
 }
 
@@ -442,6 +464,14 @@ fn rows() -> Vec<(&'static str, Cell)> {
         ("reference / ours (full apply)", |r| {
             Some(format!("{:.1}x", r.ratio_reference()?))
         }),
+        (
+            "kube-proxy / ours (first full sync, real API server, from process start)",
+            |r| Some(format!("{:.1}x", r.ratio_kube_proxy_first_sync()?)),
+        ),
+        (
+            "kube-proxy / ours (one-endpoint sync p50, real API server, minSyncPeriod 1s)",
+            |r| Some(format!("{:.1}x", r.ratio_kube_proxy_endpoint()?)),
+        ),
         ("data plane: base services, median / p99", |r| {
             let d = r.dataplane.as_ref()?;
             Some(format!(
@@ -523,6 +553,62 @@ fn rows() -> Vec<(&'static str, Cell)> {
                 mb_kib(p.etcd_hwm_kib?)
             ))
         }),
+        (
+            "kube-proxy (real API server): first full sync (wall; its elapsed; its metrics)",
+            |r| {
+                let p = r.netprog.as_ref()?;
+                if let Some(why) = &p.kube_proxy_skipped {
+                    return Some(format!("not run ({why})"));
+                }
+                let k = p.kube_proxy.as_ref()?;
+                let opt = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), secs);
+                Some(format!(
+                    "{} (elapsed {}; metrics: full sync {}, last sync {} after start)",
+                    secs(k.first_sync_ms),
+                    opt(k.first_sync_elapsed_ms),
+                    opt(k.metric_full_sync_ms),
+                    opt(k.metric_last_sync_ms)
+                ))
+            },
+        ),
+        ("  kube-proxy's table: chains / rules / set+map elements", |r| {
+            let t = r.kube_proxy()?.table?;
+            Some(format!("{} / {} / {}", t.chains, t.rules, t.elements))
+        }),
+        (
+            "kube-proxy: one-endpoint sync, PATCH to kernel p50 / p99 / max",
+            |r| {
+                let k = r.kube_proxy()?;
+                let l = k.latency?;
+                let confirmed = k.changes.iter().filter(|c| c.confirmed).count();
+                Some(format!(
+                    "{} / {} / {} ({} changes, {} confirmed in its chain)",
+                    ms(l.p50),
+                    ms(l.p99),
+                    ms(l.max),
+                    k.changes.len(),
+                    confirmed
+                ))
+            },
+        ),
+        ("  its own sync (SyncProxyRules elapsed) p50 / p99", |r| {
+            let s = r.kube_proxy()?.sync?;
+            Some(format!("{} / {}", ms(s.p50), ms(s.p99)))
+        }),
+        (
+            "kube-proxy: peak RSS (VmHWM) after first sync / at end; largest nft child",
+            |r| {
+                let k = r.kube_proxy()?;
+                let opt = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), mb_kib);
+                Some(format!(
+                    "{} / {}; nft {} ({} calls)",
+                    opt(k.hwm_first_sync_kib),
+                    opt(k.hwm_kib),
+                    opt(k.nft_hwm_kib),
+                    k.nft_calls
+                ))
+            },
+        ),
         ("  stage wall time (servers up to down)", |r| {
             let p = r.netprog.as_ref()?;
             Some(format!(
