@@ -603,8 +603,8 @@ fn print_report(report: &Report) {
             "kube-proxy: first full sync = its start to its first IPv4 `SyncProxyRules complete` \
              line (-v=2); one-endpoint sync = PATCH to the kernel's commit of the new address \
              (`nft monitor`: the event carrying it, then `# new generation`), each confirmed by \
-             listing that chain; ours = PATCH to the daemon's `sync done` line, which comes after \
-             nft returns (so the ratio is if anything understated)"
+             listing that chain; the daemon's the same way (its rows also show PATCH to its \
+             `sync done` line)"
         );
     }
     println!("peak RSS: {}", report.rss_method);

@@ -61,6 +61,8 @@ const NODE_PORT_MAX: u64 = 32_767;
 const SPACING: Duration = Duration::from_millis(100);
 /// Longest wait for one change's sync.
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest wait, after the daemon's sync line, for `nft monitor` to report that sync's commit.
+const MONITOR_WAIT: Duration = Duration::from_secs(2);
 /// Longest wait for the first full sync.
 const FIRST_SYNC_TIMEOUT: Duration = Duration::from_secs(900);
 /// Prefix of the state directories in the work directory: `netprog-<pid>-<n>x<m>`.
@@ -142,6 +144,9 @@ pub(crate) struct Change {
     pub(crate) latency_ms: f64,
     /// The PATCH request's round trip.
     pub(crate) request_ms: f64,
+    /// Request sent → the kernel's commit of the change (`nft monitor`), as measured for
+    /// kube-proxy.
+    pub(crate) kernel_ms: Option<f64>,
     pub(crate) sync: SyncLine,
 }
 
@@ -159,6 +164,8 @@ pub(crate) struct Run {
     pub(crate) first_sync: SyncLine,
     pub(crate) changes: Vec<Change>,
     pub(crate) latency: Option<Quantiles>,
+    /// Request sent → the kernel's commit (`nft monitor`), over the changes it was seen for.
+    pub(crate) kernel: Option<Quantiles>,
     /// The daemon's `duration_ms` of the changes' syncs.
     pub(crate) sync: Option<Quantiles>,
     /// PATCH round trips.
@@ -1141,6 +1148,11 @@ impl Child {
         );
         run.extra_syncs +=
             daemon.quiet_until(Instant::now() + min_sync + Duration::from_millis(500))?;
+        let nft = kubeproxy::find_nft()?;
+        let monitor = kubeproxy::monitor(
+            &nft,
+            PathBuf::from(format!("{}.monitor", run.log.display())),
+        )?;
 
         // Different services in every run: slices 1.. (0 is the probe's), spread evenly.
         let total = self.spec.changes * runs;
@@ -1155,6 +1167,7 @@ impl Child {
                     run.extra_syncs += 1;
                 }
             }
+            while monitor.lines.try_recv().is_ok() {}
             let s = &self.slices[slice];
             let api: Api<EndpointSlice> = Api::namespaced(self.client.clone(), &s.namespace);
             let body = Patch::Merge(json!({ "endpoints": eps }));
@@ -1173,17 +1186,24 @@ impl Child {
                     break (t, sync);
                 }
             };
+            // The commit was reported before or just after the sync line.
+            let kernel_ms = kubeproxy::commit_with(&monitor, "ip nftproxy", &ip, t1 + MONITOR_WAIT)
+                .ok()
+                .map(|(t, _)| (t - t0).as_secs_f64() * 1e3);
             self.slices[slice].endpoints = eps;
             expect.insert(ip, (present, what.clone()));
             run.changes.push(Change {
                 what,
                 latency_ms: (t1 - t0).as_secs_f64() * 1e3,
                 request_ms,
+                kernel_ms,
                 sync,
             });
             run.extra_syncs += daemon.quiet_until(t1 + min_sync + SPACING)?;
         }
+        drop(monitor);
         run.latency = quantiles(run.changes.iter().map(|c| c.latency_ms).collect());
+        run.kernel = quantiles(run.changes.iter().filter_map(|c| c.kernel_ms).collect());
         run.sync = quantiles(run.changes.iter().map(|c| c.sync.duration_ms).collect());
         run.request = quantiles(run.changes.iter().map(|c| c.request_ms).collect());
         run.daemon_hwm_kib = proc_status_kib(daemon.pid, "VmHWM");
@@ -1226,12 +1246,13 @@ impl Child {
             say(
                 &self.spec,
                 &format!(
-                    "    {} changes: latency p50 {:.1} / p99 {:.1} / max {:.1} ms; {}/{} in the kernel; \
-                     peak RSS {} KiB",
+                    "    {} changes: latency p50 {:.1} / p99 {:.1} / max {:.1} ms (to the kernel's commit \
+                     p50 {:.1} ms); {}/{} in the kernel; peak RSS {} KiB",
                     run.changes.len(),
                     l.p50,
                     l.p99,
                     l.max,
+                    run.kernel.map_or(f64::NAN, |k| k.p50),
                     run.in_kernel,
                     expect.len(),
                     run.daemon_hwm_kib.unwrap_or_default()

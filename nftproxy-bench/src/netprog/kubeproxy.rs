@@ -189,12 +189,50 @@ fn nft_calls(log: &Path) -> (usize, Option<u64>) {
 }
 
 /// The nft binary on PATH.
-fn find_nft() -> Result<PathBuf> {
+pub(super) fn find_nft() -> Result<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .map(|d| d.join("nft"))
         .find(|p| p.is_file())
         .context("no nft on PATH")
+}
+
+/// `nft monitor` (printing every object a commit adds or deletes, then `# new generation`), once
+/// it is seen to report a commit.
+pub(super) fn monitor(nft: &Path, log: PathBuf) -> Result<Daemon> {
+    let mut cmd = Command::new(nft);
+    cmd.arg("monitor");
+    let monitor = Daemon::spawn(cmd, Output::Stdout, log).context("starting nft monitor")?;
+    let deadline = Instant::now() + MONITOR_READY_TIMEOUT;
+    let probe = format!("table ip {MONITOR_PROBE_TABLE}");
+    loop {
+        let out = Command::new(nft)
+            .args(["add", "table", "ip", MONITOR_PROBE_TABLE])
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "nft add table: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        let _ = Command::new(nft)
+            .args(["delete", "table", "ip", MONITOR_PROBE_TABLE])
+            .output();
+        let wait = Instant::now() + Duration::from_secs(2);
+        let mut seen = false;
+        while let Ok((_, l)) = monitor.line(wait) {
+            if l.contains(&probe) {
+                seen = true;
+                break;
+            }
+        }
+        if seen {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("nft monitor did not report a commit within {MONITOR_READY_TIMEOUT:?}");
+        }
+    }
+    Ok(monitor)
 }
 
 /// A Go `time.Duration` as printed (`207.215738ms`, `1m2.5s`, `850µs`), in milliseconds.
@@ -302,6 +340,26 @@ fn count_table(json: &Value) -> TableCounts {
         }
     }
     c
+}
+
+/// The arrival of the `# new generation` line of the first commit reported after `t0` that
+/// mentions `ip` in table `table` (e.g. `ip kube-proxy`), and the line that did, waiting until
+/// `deadline`.
+pub(super) fn commit_with(
+    monitor: &Daemon,
+    table: &str,
+    ip: &str,
+    deadline: Instant,
+) -> Result<(Instant, Vec<String>)> {
+    let mut seen = Vec::new();
+    loop {
+        let (t, line) = monitor.line(deadline)?;
+        if line.contains(table) && has_ip(&line, ip) {
+            seen.push(line);
+        } else if !seen.is_empty() && line.starts_with("# new generation") {
+            return Ok((t, seen));
+        }
+    }
 }
 
 /// The object an `nft monitor` line adds to kube-proxy's table, if it does: `add rule ip
@@ -440,7 +498,7 @@ impl Child {
         );
         run.table = Some(table);
 
-        let monitor = self.monitor(&nft, &kp.log)?;
+        let monitor = monitor(&nft, PathBuf::from(format!("{}.monitor", kp.log.display())))?;
         // Spread over the slices, between the daemon's (1..: 0 is the probe's).
         let usable = self.slices.len().saturating_sub(1).max(1);
         let total = kp.changes.max(1);
@@ -462,25 +520,15 @@ impl Child {
                 .block_on(api.patch(&s.name, &PatchParams::default(), &body))
                 .with_context(|| format!("patching {}/{}", s.namespace, s.name))?;
             let request_ms = t0.elapsed().as_secs_f64() * 1e3;
-            // The first chain (or rule's chain) the address appears in, once the commit that
-            // carries it is reported.
-            let (mut seen, mut object) = (false, None);
-            let t1 = loop {
-                let (t, line) = monitor
-                    .line(t0 + CHANGE_TIMEOUT)
-                    .with_context(|| format!("change {what}: waiting for the kernel"))?;
-                if has_ip(&line, &ip) {
-                    seen = true;
-                    if object.is_none() {
-                        object = added_object(&line)
-                            .filter(|(kind, _)| matches!(*kind, "rule" | "chain"))
-                            .map(|(_, name)| name.to_owned());
-                    }
-                }
-                if seen && line.starts_with("# new generation") {
-                    break t;
-                }
-            };
+            // The commit that carries the address, and the first chain (or rule's chain) it
+            // appears in.
+            let (t1, lines) = commit_with(&monitor, "ip kube-proxy", &ip, t0 + CHANGE_TIMEOUT)
+                .with_context(|| format!("change {what}: waiting for the kernel"))?;
+            let object = lines.iter().find_map(|l| {
+                added_object(l)
+                    .filter(|(kind, _)| matches!(*kind, "rule" | "chain"))
+                    .map(|(_, name)| name.to_owned())
+            });
             let name = object.unwrap_or_default();
             let confirmed = !name.is_empty() && {
                 let out = Command::new(&nft)
@@ -558,44 +606,6 @@ impl Child {
             );
         }
         Ok(run)
-    }
-
-    /// `nft monitor` in the namespace, once it is seen to report a commit.
-    fn monitor(&self, nft: &Path, kp_log: &Path) -> Result<Daemon> {
-        let mut cmd = Command::new(nft);
-        cmd.arg("monitor");
-        let log = PathBuf::from(format!("{}.monitor", kp_log.display()));
-        let monitor = Daemon::spawn(cmd, Output::Stdout, log).context("starting nft monitor")?;
-        let deadline = Instant::now() + MONITOR_READY_TIMEOUT;
-        let probe = format!("table ip {MONITOR_PROBE_TABLE}");
-        loop {
-            let out = Command::new(nft)
-                .args(["add", "table", "ip", MONITOR_PROBE_TABLE])
-                .output()?;
-            ensure!(
-                out.status.success(),
-                "nft add table: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-            let _ = Command::new(nft)
-                .args(["delete", "table", "ip", MONITOR_PROBE_TABLE])
-                .output();
-            let wait = Instant::now() + Duration::from_secs(2);
-            let mut seen = false;
-            while let Ok((_, l)) = monitor.line(wait) {
-                if l.contains(&probe) {
-                    seen = true;
-                    break;
-                }
-            }
-            if seen {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("nft monitor did not report a commit within {MONITOR_READY_TIMEOUT:?}");
-            }
-        }
-        Ok(monitor)
     }
 }
 
