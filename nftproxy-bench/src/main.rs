@@ -432,7 +432,19 @@ fn machine() -> Machine {
         cpu,
         kernel: read("/proc/sys/kernel/osrelease").trim().to_owned(),
         nft,
+        load_start: loadavg(),
+        load_end: String::new(),
     }
+}
+
+/// The 1, 5 and 15 minute load averages.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn is_root() -> bool {
@@ -543,6 +555,8 @@ fn run(cli: Cli) -> Result<bool> {
         .iter()
         .map(|&n| run_scale(&ctx, n))
         .collect();
+    let mut machine = machine;
+    machine.load_end = loadavg();
     let report = Report {
         targets: report::evaluate(&results),
         machine,
@@ -571,6 +585,10 @@ fn print_report(report: &Report) {
         m.nproc, m.cpu, m.kernel, m.nft
     );
     println!("command: {}", report.command);
+    println!(
+        "load average (1/5/15 min) at start: {}; at end: {}",
+        m.load_start, m.load_end
+    );
     println!();
     print!("{}", report::table(report));
     println!();

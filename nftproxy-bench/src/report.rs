@@ -16,6 +16,10 @@ pub(crate) struct Machine {
     pub(crate) cpu: String,
     pub(crate) kernel: String,
     pub(crate) nft: String,
+    /// `/proc/loadavg`'s 1, 5 and 15 minute load averages when the run started and ended (other
+    /// jobs on the machine show here).
+    pub(crate) load_start: String,
+    pub(crate) load_end: String,
 }
 
 /// One incremental apply.
