@@ -45,8 +45,9 @@ const MIN_SYNC: Duration = Duration::from_secs(1);
 const METRICS_ADDR: &str = "127.0.0.1:10249";
 /// A table created and deleted to see that `nft monitor` is listening.
 const MONITOR_PROBE_TABLE: &str = "nftp-bench-monitor-probe";
-/// Longest wait for `nft monitor` to report the probe table (it reads the ruleset first).
-const MONITOR_READY_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest wait for `nft monitor` to report the probe table (it reads the ruleset first: about
+/// 3k objects per 1k services in kube-proxy's table).
+const MONITOR_READY_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// What the child needs to run kube-proxy, part of the [`super::Spec`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -120,8 +121,9 @@ pub(crate) struct KubeProxyRun {
     /// The largest of its nft children's peak RSS up to the end of the first sync, and in all, KiB.
     pub(crate) nft_hwm_first_sync_kib: Option<u64>,
     pub(crate) nft_hwm_kib: Option<u64>,
-    /// Error and warning lines of its log (besides the expected one, see [`expected_error`]).
-    pub(crate) log_problems: Vec<String>,
+    /// Error and warning lines of its log (besides the expected one, see [`expected_error`]), and
+    /// steps that failed after the first sync.
+    pub(crate) problems: Vec<String>,
     pub(crate) log: PathBuf,
 }
 
@@ -199,11 +201,11 @@ pub(super) fn find_nft() -> Result<PathBuf> {
 
 /// `nft monitor` (printing every object a commit adds or deletes, then `# new generation`), once
 /// it is seen to report a commit.
-pub(super) fn monitor(nft: &Path, log: PathBuf) -> Result<Daemon> {
+pub(super) fn monitor(nft: &Path, log: PathBuf, timeout: Duration) -> Result<Daemon> {
     let mut cmd = Command::new(nft);
     cmd.arg("monitor");
     let monitor = Daemon::spawn(cmd, Output::Stdout, log).context("starting nft monitor")?;
-    let deadline = Instant::now() + MONITOR_READY_TIMEOUT;
+    let deadline = Instant::now() + timeout;
     let probe = format!("table ip {MONITOR_PROBE_TABLE}");
     loop {
         let out = Command::new(nft)
@@ -229,7 +231,7 @@ pub(super) fn monitor(nft: &Path, log: PathBuf) -> Result<Daemon> {
             break;
         }
         if Instant::now() > deadline {
-            bail!("nft monitor did not report a commit within {MONITOR_READY_TIMEOUT:?}");
+            bail!("nft monitor did not report a commit within {timeout:?}");
         }
     }
     Ok(monitor)
@@ -418,18 +420,26 @@ impl Child {
         let note = |run: &mut KubeProxyRun, line: &str, changes_started: bool| {
             let expected = !changes_started && expected_error(line);
             if is_problem(line) && !expected {
-                run.log_problems.push(line.chars().take(300).collect());
+                run.problems.push(line.chars().take(300).collect());
             }
         };
         let deadline = start + FIRST_SYNC_TIMEOUT;
+        let mut full = false;
         loop {
             let (t, line) = proc.line(deadline).context("kube-proxy's first sync")?;
             note(&mut run, &line, false);
+            if line.contains("\"Syncing nftables rules\"") && line.contains("ipFamily=\"IPv4\"") {
+                full = line.contains("fullSync=true");
+            }
             if let Some(elapsed) = sync_complete(&line) {
                 run.first_sync_ms = (t - start).as_secs_f64() * 1e3;
                 run.first_sync_elapsed_ms = elapsed;
                 break;
             }
+        }
+        if !full {
+            run.problems
+                .push("its first IPv4 sync was not logged as a full one".to_owned());
         }
         run.hwm_first_sync_kib = proc_status_kib(proc.pid, "VmHWM");
         (run.nft_calls_first_sync, run.nft_hwm_first_sync_kib) = nft_calls(&nft_log);
@@ -451,8 +461,19 @@ impl Child {
                     "ip_family=\"IPv4\"",
                 )
                 .map(|t| (t - start_s) * 1e3);
+                let failures = metric(
+                    &m,
+                    "kubeproxy_sync_proxy_rules_nftables_sync_failures_total",
+                    "ip_family=\"IPv4\"",
+                );
+                if failures.is_some_and(|f| f > 0.0) {
+                    run.problems.push(format!(
+                        "kubeproxy_sync_proxy_rules_nftables_sync_failures_total (IPv4) is {}",
+                        failures.unwrap_or_default()
+                    ));
+                }
             }
-            Err(e) => run.log_problems.push(format!("metrics: {e:#}")),
+            Err(e) => run.problems.push(format!("metrics: {e:#}")),
         }
         say(
             &self.spec,
@@ -473,8 +494,41 @@ impl Child {
             note(&mut run, &line, false);
         }
 
+        if let Err(e) = self.kube_proxy_table(&nft, &mut run) {
+            run.problems.push(format!("counting its table: {e:#}"));
+        }
+        if let Err(e) = self.kube_proxy_changes(&proc, &nft, kp, &mut run) {
+            run.problems.push(format!("one-endpoint changes: {e:#}"));
+        }
+        run.latency = quantiles(run.changes.iter().map(|c| c.latency_ms).collect());
+        run.sync = quantiles(run.changes.iter().filter_map(|c| c.sync_ms).collect());
+        run.hwm_kib = proc_status_kib(proc.pid, "VmHWM");
+        run.rss_kib = proc_status_kib(proc.pid, "VmRSS");
+        drop(proc);
+        (run.nft_calls, run.nft_hwm_kib) = nft_calls(&nft_log);
+        if let Some(l) = &run.latency {
+            say(
+                &self.spec,
+                &format!(
+                    "    {} changes: PATCH to kernel p50 {:.0} / p99 {:.0} / max {:.0} ms; peak RSS {} KiB, \
+                     nft {} KiB ({} nft calls)",
+                    run.changes.len(),
+                    l.p50,
+                    l.p99,
+                    l.max,
+                    run.hwm_kib.unwrap_or_default(),
+                    run.nft_hwm_kib.unwrap_or_default(),
+                    run.nft_calls
+                ),
+            );
+        }
+        Ok(run)
+    }
+
+    /// Counts the objects of kube-proxy's table after its first sync.
+    fn kube_proxy_table(&self, nft: &Path, run: &mut KubeProxyRun) -> Result<()> {
         let t = Instant::now();
-        let out = Command::new(&nft)
+        let out = Command::new(nft)
             .args(["-j", "list", "table", "ip", "kube-proxy"])
             .output()?;
         run.table_list_ms = t.elapsed().as_secs_f64() * 1e3;
@@ -498,7 +552,27 @@ impl Child {
         );
         run.table = Some(table);
 
-        let monitor = monitor(&nft, PathBuf::from(format!("{}.monitor", kp.log.display())))?;
+        Ok(())
+    }
+
+    /// The one-endpoint changes, timed to the kernel's commit.
+    fn kube_proxy_changes(
+        &mut self,
+        proc: &Daemon,
+        nft: &Path,
+        kp: &KubeProxySpec,
+        run: &mut KubeProxyRun,
+    ) -> Result<()> {
+        let note = |run: &mut KubeProxyRun, line: &str| {
+            if is_problem(line) {
+                run.problems.push(line.chars().take(300).collect());
+            }
+        };
+        let monitor = monitor(
+            nft,
+            PathBuf::from(format!("{}.monitor", kp.log.display())),
+            MONITOR_READY_TIMEOUT,
+        )?;
         // Spread over the slices, between the daemon's (1..: 0 is the probe's).
         let usable = self.slices.len().saturating_sub(1).max(1);
         let total = kp.changes.max(1);
@@ -506,7 +580,7 @@ impl Child {
             let slice = (1 + (2 * k + 1) * usable / (2 * total)).min(self.slices.len() - 1);
             let (eps, what, ip, _) = self.next_change(slice, true);
             while let Ok((_, l)) = proc.lines.try_recv() {
-                note(&mut run, &l, true);
+                note(run, &l);
                 if sync_complete(&l).is_some() {
                     run.extra_syncs += 1;
                 }
@@ -531,7 +605,7 @@ impl Child {
             });
             let name = object.unwrap_or_default();
             let confirmed = !name.is_empty() && {
-                let out = Command::new(&nft)
+                let out = Command::new(nft)
                     .args(["list", "chain", "ip", "kube-proxy", &name])
                     .output()?;
                 has_ip(&String::from_utf8_lossy(&out.stdout), &ip)
@@ -540,7 +614,7 @@ impl Child {
             let (mut sync_ms, mut sync_end) = (None, t1);
             let until = Instant::now() + Duration::from_secs(10);
             while let Ok((t, l)) = proc.line(until) {
-                note(&mut run, &l, true);
+                note(run, &l);
                 if let Some(e) = sync_complete(&l) {
                     if t >= t0 {
                         (sync_ms, sync_end) = (e, t);
@@ -576,36 +650,14 @@ impl Child {
             // minSyncPeriod counts from the end of kube-proxy's sync (after its commit).
             let quiet = sync_end.max(t1) + MIN_SYNC + SPACING;
             while let Ok((_, l)) = proc.line(quiet) {
-                note(&mut run, &l, true);
+                note(run, &l);
                 if sync_complete(&l).is_some() {
                     run.extra_syncs += 1;
                 }
             }
         }
         drop(monitor);
-        run.latency = quantiles(run.changes.iter().map(|c| c.latency_ms).collect());
-        run.sync = quantiles(run.changes.iter().filter_map(|c| c.sync_ms).collect());
-        run.hwm_kib = proc_status_kib(proc.pid, "VmHWM");
-        run.rss_kib = proc_status_kib(proc.pid, "VmRSS");
-        drop(proc);
-        (run.nft_calls, run.nft_hwm_kib) = nft_calls(&nft_log);
-        if let Some(l) = &run.latency {
-            say(
-                &self.spec,
-                &format!(
-                    "    {} changes: PATCH to kernel p50 {:.0} / p99 {:.0} / max {:.0} ms; peak RSS {} KiB, \
-                     nft {} KiB ({} nft calls)",
-                    run.changes.len(),
-                    l.p50,
-                    l.p99,
-                    l.max,
-                    run.hwm_kib.unwrap_or_default(),
-                    run.nft_hwm_kib.unwrap_or_default(),
-                    run.nft_calls
-                ),
-            );
-        }
-        Ok(run)
+        Ok(())
     }
 }
 
