@@ -619,10 +619,12 @@ fn print_report(report: &Report) {
     {
         println!(
             "kube-proxy: first full sync = its start to its first IPv4 `SyncProxyRules complete` \
-             line (-v=2); one-endpoint sync = PATCH to the kernel's commit of the new address \
-             (`nft monitor`: the event carrying it, then `# new generation`), each confirmed by \
-             listing that chain; the daemon's the same way (its rows also show PATCH to its \
-             `sync done` line)"
+             line (-v=2); one-endpoint sync = PATCH until its nft transaction carrying the change \
+             has exited (the kernel has committed it; seen in its nft wrapper's log within 2 ms), \
+             all changes then checked in one listing of its table; ours = PATCH to the daemon's \
+             `sync done` line, which follows its nft transaction's exit (so the ratio is if \
+             anything understated); the daemon's rows also show PATCH to the kernel's commit \
+             (nft monitor) where nft monitor could start (not at 10k)"
         );
     }
     println!("peak RSS: {}", report.rss_method);

@@ -695,11 +695,16 @@ fn has_ip(text: &str, ip: &str) -> bool {
     })
 }
 
-/// Which output of a [`Daemon`] is read line by line (the other goes nowhere).
+/// Which output of a [`Daemon`] is read line by line (stdout to nowhere, or stderr to a file).
 #[derive(Debug, Clone, Copy)]
 enum Output {
     Stdout,
     Stderr,
+}
+
+/// Where a [`Daemon`] read on its stdout writes its stderr: `<log>.stderr`.
+fn stderr_log(log: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.stderr", log.display()))
 }
 
 /// A running daemon and its stderr (or stdout), line by line with the time each was read; the
@@ -720,7 +725,12 @@ impl Daemon {
             std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         cmd.stdin(Stdio::null());
         match output {
-            Output::Stdout => cmd.stdout(Stdio::piped()).stderr(Stdio::null()),
+            Output::Stdout => {
+                let err = stderr_log(&log);
+                let file = std::fs::File::create(&err)
+                    .with_context(|| format!("creating {}", err.display()))?;
+                cmd.stdout(Stdio::piped()).stderr(file)
+            }
             Output::Stderr => cmd.stdout(Stdio::null()).stderr(Stdio::piped()),
         };
         let mut child = cmd.spawn()?;

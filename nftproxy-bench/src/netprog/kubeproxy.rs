@@ -11,13 +11,14 @@
 //!   `kubeproxy_sync_proxy_rules_last_timestamp_seconds`) and by counting the chains, rules and
 //!   set/map elements of its `ip kube-proxy` table in the kernel;
 //! * **one-endpoint sync**: an endpoint is added to one EndpointSlice (a different service each
-//!   time); t0 is taken just before the PATCH, t1 when the kernel reports the commit that put the
-//!   new address into kube-proxy's table: an `nft monitor` started after the first sync prints
-//!   every object kube-proxy's transaction adds, then `# new generation`, as the kernel commits
-//!   it; t1 is that line's arrival. The object named in the event (the service's chain) is then
-//!   listed on its own to confirm the address is there. kube-proxy's own `elapsed` of that sync
-//!   is read from its log. Changes are spaced like the daemon's (minSyncPeriod + 100 ms after the
-//!   commit);
+//!   time); t0 is taken just before the PATCH, t1 when kube-proxy's next nft transaction
+//!   (`nft -f -`) is seen to have exited, i.e. the kernel has committed it: the nft wrapper below
+//!   appends a line per call as it exits, and the log is looked at every 2 ms. (`nft monitor`
+//!   would give the commit itself, but at 10k services it reads kube-proxy's table for minutes
+//!   before it reports anything, and listing one chain costs nft as much as listing the table.)
+//!   kube-proxy's own `elapsed` of that sync is read from its log; one listing of its table after
+//!   the changes checks that every added address is there. Changes are spaced like the daemon's
+//!   (minSyncPeriod + 100 ms after kube-proxy's sync line);
 //! * **peak RSS**: kube-proxy's `VmHWM` after the first sync and at the end; its nft children's
 //!   peak RSS, from a wrapper put first on its PATH that runs the real nft under
 //!   `/usr/bin/time -f %M`.
@@ -45,9 +46,6 @@ const MIN_SYNC: Duration = Duration::from_secs(1);
 const METRICS_ADDR: &str = "127.0.0.1:10249";
 /// A table created and deleted to see that `nft monitor` is listening.
 const MONITOR_PROBE_TABLE: &str = "nftp-bench-monitor-probe";
-/// Longest wait for `nft monitor` to report the probe table (it reads the ruleset first: about
-/// 3k objects per 1k services in kube-proxy's table).
-const MONITOR_READY_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// What the child needs to run kube-proxy, part of the [`super::Spec`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -65,15 +63,14 @@ pub(crate) struct KubeProxySpec {
 pub(crate) struct KubeProxyChange {
     /// e.g. `+10.37.200.0 ns-01/svc-000101-00000`.
     pub(crate) what: String,
-    /// PATCH sent → the kernel's commit of the new address (`nft monitor`).
+    /// PATCH sent → kube-proxy's nft transaction carrying it has exited (its line in the nft
+    /// wrapper's log, looked for every 2 ms).
     pub(crate) latency_ms: f64,
     /// The PATCH request's round trip.
     pub(crate) request_ms: f64,
     /// kube-proxy's own `elapsed` of the sync, from its log.
     pub(crate) sync_ms: Option<f64>,
-    /// The object the address appeared in (the service's chain).
-    pub(crate) object: String,
-    /// Whether listing that object afterwards shows the address.
+    /// Whether the listing of kube-proxy's table after the changes shows the address.
     pub(crate) confirmed: bool,
 }
 
@@ -105,6 +102,8 @@ pub(crate) struct KubeProxyRun {
     /// `nft -j list table ip kube-proxy`, for the counts.
     pub(crate) table_list_ms: f64,
     pub(crate) changes: Vec<KubeProxyChange>,
+    /// The listing of its table that checks the changes.
+    pub(crate) check_list_ms: f64,
     /// PATCH → kernel.
     pub(crate) latency: Option<Quantiles>,
     /// kube-proxy's own `elapsed` of those syncs.
@@ -204,6 +203,7 @@ pub(super) fn find_nft() -> Result<PathBuf> {
 pub(super) fn monitor(nft: &Path, log: PathBuf, timeout: Duration) -> Result<Daemon> {
     let mut cmd = Command::new(nft);
     cmd.arg("monitor");
+    let stderr = super::stderr_log(&log);
     let monitor = Daemon::spawn(cmd, Output::Stdout, log).context("starting nft monitor")?;
     let deadline = Instant::now() + timeout;
     let probe = format!("table ip {MONITOR_PROBE_TABLE}");
@@ -221,10 +221,19 @@ pub(super) fn monitor(nft: &Path, log: PathBuf, timeout: Duration) -> Result<Dae
             .output();
         let wait = Instant::now() + Duration::from_secs(2);
         let mut seen = false;
-        while let Ok((_, l)) = monitor.line(wait) {
-            if l.contains(&probe) {
-                seen = true;
-                break;
+        loop {
+            let left = wait.saturating_duration_since(Instant::now());
+            match monitor.lines.recv_timeout(left) {
+                Ok((_, l)) if l.contains(&probe) => {
+                    seen = true;
+                    break;
+                }
+                Ok(_) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => break,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => bail!(
+                    "nft monitor exited: {}",
+                    std::fs::read_to_string(&stderr).unwrap_or_default().trim()
+                ),
             }
         }
         if seen {
@@ -364,14 +373,61 @@ pub(super) fn commit_with(
     }
 }
 
-/// The object an `nft monitor` line adds to kube-proxy's table, if it does: `add rule ip
-/// kube-proxy CHAIN ...`, `add chain ip kube-proxy CHAIN`, `add element ip kube-proxy SET ...`.
-fn added_object(line: &str) -> Option<(&str, &str)> {
-    let mut w = line.split_whitespace();
-    (w.next()? == "add").then_some(())?;
-    let kind = w.next()?;
-    (w.next()? == "ip" && w.next()? == "kube-proxy").then_some(())?;
-    Some((kind, w.next()?))
+/// The log of kube-proxy's nft calls, read as it grows: a line is written when a call exits.
+struct CallLog {
+    path: PathBuf,
+    offset: u64,
+    partial: String,
+}
+
+impl CallLog {
+    fn new(path: &Path) -> Self {
+        Self {
+            path: path.to_owned(),
+            offset: 0,
+            partial: String::new(),
+        }
+    }
+
+    /// The complete lines written since the last read.
+    fn read(&mut self) -> Result<Vec<String>> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = std::fs::File::open(&self.path)
+            .with_context(|| format!("opening {}", self.path.display()))?;
+        f.seek(SeekFrom::Start(self.offset))?;
+        let mut buf = String::new();
+        self.offset += f.read_to_string(&mut buf)? as u64;
+        self.partial.push_str(&buf);
+        let Some(end) = self.partial.rfind('\n') else {
+            return Ok(Vec::new());
+        };
+        let rest = self.partial.split_off(end + 1);
+        let lines = std::mem::replace(&mut self.partial, rest);
+        Ok(lines.lines().map(str::to_owned).collect())
+    }
+
+    /// Forgets the calls so far.
+    fn skip(&mut self) -> Result<()> {
+        self.read().map(drop)
+    }
+
+    /// When the next transaction (`nft -f -`, not `--check`) was seen to exit, looking every 2 ms.
+    fn next_transaction(&mut self, deadline: Instant) -> Result<Instant> {
+        loop {
+            let lines = self.read()?;
+            let now = Instant::now();
+            if lines.iter().any(|l| is_transaction(l)) {
+                return Ok(now);
+            }
+            ensure!(now < deadline, "no transaction in time");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+/// Whether a line of the nft wrapper's log is a transaction (`<s> <KiB> /usr/sbin/nft -f -`).
+fn is_transaction(line: &str) -> bool {
+    line.ends_with(" -f -") && !line.contains("--check")
 }
 
 impl Child {
@@ -497,7 +553,7 @@ impl Child {
         if let Err(e) = self.kube_proxy_table(&nft, &mut run) {
             run.problems.push(format!("counting its table: {e:#}"));
         }
-        if let Err(e) = self.kube_proxy_changes(&proc, &nft, kp, &mut run) {
+        if let Err(e) = self.kube_proxy_changes(&proc, &nft, &nft_log, kp, &mut run) {
             run.problems.push(format!("one-endpoint changes: {e:#}"));
         }
         run.latency = quantiles(run.changes.iter().map(|c| c.latency_ms).collect());
@@ -555,11 +611,13 @@ impl Child {
         Ok(())
     }
 
-    /// The one-endpoint changes, timed to the kernel's commit.
+    /// The one-endpoint changes, each timed until kube-proxy's nft transaction carrying it has
+    /// exited (the kernel has committed it), then all checked in one listing of its table.
     fn kube_proxy_changes(
         &mut self,
         proc: &Daemon,
         nft: &Path,
+        nft_log: &Path,
         kp: &KubeProxySpec,
         run: &mut KubeProxyRun,
     ) -> Result<()> {
@@ -568,14 +626,15 @@ impl Child {
                 run.problems.push(line.chars().take(300).collect());
             }
         };
-        let monitor = monitor(
-            nft,
-            PathBuf::from(format!("{}.monitor", kp.log.display())),
-            MONITOR_READY_TIMEOUT,
-        )?;
+        ensure!(
+            nft_log.exists(),
+            "no log of kube-proxy's nft calls (is /usr/bin/time installed?)"
+        );
+        let mut calls = CallLog::new(nft_log);
         // Spread over the slices, between the daemon's (1..: 0 is the probe's).
         let usable = self.slices.len().saturating_sub(1).max(1);
         let total = kp.changes.max(1);
+        let mut added = Vec::new();
         for k in 0..kp.changes {
             let slice = (1 + (2 * k + 1) * usable / (2 * total)).min(self.slices.len() - 1);
             let (eps, what, ip, _) = self.next_change(slice, true);
@@ -585,7 +644,7 @@ impl Child {
                     run.extra_syncs += 1;
                 }
             }
-            while monitor.lines.try_recv().is_ok() {}
+            calls.skip()?;
             let s = &self.slices[slice];
             let api: Api<EndpointSlice> = Api::namespaced(self.client.clone(), &s.namespace);
             let body = Patch::Merge(json!({ "endpoints": eps }));
@@ -594,25 +653,12 @@ impl Child {
                 .block_on(api.patch(&s.name, &PatchParams::default(), &body))
                 .with_context(|| format!("patching {}/{}", s.namespace, s.name))?;
             let request_ms = t0.elapsed().as_secs_f64() * 1e3;
-            // The commit that carries the address, and the first chain (or rule's chain) it
-            // appears in.
-            let (t1, lines) = commit_with(&monitor, "ip kube-proxy", &ip, t0 + CHANGE_TIMEOUT)
-                .with_context(|| format!("change {what}: waiting for the kernel"))?;
-            let object = lines.iter().find_map(|l| {
-                added_object(l)
-                    .filter(|(kind, _)| matches!(*kind, "rule" | "chain"))
-                    .map(|(_, name)| name.to_owned())
-            });
-            let name = object.unwrap_or_default();
-            let confirmed = !name.is_empty() && {
-                let out = Command::new(nft)
-                    .args(["list", "chain", "ip", "kube-proxy", &name])
-                    .output()?;
-                has_ip(&String::from_utf8_lossy(&out.stdout), &ip)
-            };
-            // kube-proxy's log line for the sync comes right after the commit.
+            let t1 = calls
+                .next_transaction(t0 + CHANGE_TIMEOUT)
+                .with_context(|| format!("change {what}: waiting for kube-proxy's transaction"))?;
+            // kube-proxy's log line for the sync comes right after the transaction.
             let (mut sync_ms, mut sync_end) = (None, t1);
-            let until = Instant::now() + Duration::from_secs(10);
+            let until = Instant::now() + Duration::from_secs(30);
             while let Ok((t, l)) = proc.line(until) {
                 note(run, &l);
                 if let Some(e) = sync_complete(&l) {
@@ -629,25 +675,20 @@ impl Child {
                 latency_ms: (t1 - t0).as_secs_f64() * 1e3,
                 request_ms,
                 sync_ms,
-                object: name,
-                confirmed,
+                confirmed: false,
             };
             say(
                 &self.spec,
                 &format!(
-                    "    {}: {:.1} ms to the kernel (kube-proxy's sync {:.1} ms){}",
+                    "    {}: {:.1} ms to its transaction's end (kube-proxy's sync {:.1} ms)",
                     c.what,
                     c.latency_ms,
                     c.sync_ms.unwrap_or_default(),
-                    if c.confirmed {
-                        ""
-                    } else {
-                        ", NOT confirmed by listing its chain"
-                    }
                 ),
             );
             run.changes.push(c);
-            // minSyncPeriod counts from the end of kube-proxy's sync (after its commit).
+            added.push(ip);
+            // minSyncPeriod counts from the end of kube-proxy's sync.
             let quiet = sync_end.max(t1) + MIN_SYNC + SPACING;
             while let Ok((_, l)) = proc.line(quiet) {
                 note(run, &l);
@@ -656,7 +697,15 @@ impl Child {
                 }
             }
         }
-        drop(monitor);
+        let t = Instant::now();
+        let out = Command::new(nft)
+            .args(["list", "table", "ip", "kube-proxy"])
+            .output()?;
+        run.check_list_ms = t.elapsed().as_secs_f64() * 1e3;
+        let text = String::from_utf8_lossy(&out.stdout);
+        for (c, ip) in run.changes.iter_mut().zip(&added) {
+            c.confirmed = has_ip(&text, ip);
+        }
         Ok(())
     }
 }
@@ -704,16 +753,31 @@ mod tests {
     }
 
     #[test]
-    fn monitor_lines() {
-        let l =
-            "add rule ip kube-proxy service-2YZQY7CS-ns-00/svc-000150/tcp/http meta l4proto tcp \
-                 dnat ip to numgen random mod 12 map { 0 : 10.7.200.2 . 8080 }";
-        assert_eq!(
-            added_object(l),
-            Some(("rule", "service-2YZQY7CS-ns-00/svc-000150/tcp/http"))
-        );
-        assert_eq!(added_object("delete set ip kube-proxy __map369"), None);
-        assert_eq!(added_object("add table ip nftproxy"), None);
+    fn call_log() {
+        let dir = std::env::temp_dir().join(format!("nftp-bench-calllog-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("calls.log");
+        std::fs::write(
+            &path,
+            "0.00 3000 /usr/sbin/nft --version\n0.01 4000 /usr/sbin/nft -f -\n",
+        )
+        .unwrap();
+        let mut log = CallLog::new(&path);
+        log.skip().unwrap();
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        write!(
+            f,
+            "0.01 4000 /usr/sbin/nft --check -f -\n0.02 5000 /usr/sbin/nft -"
+        )
+        .unwrap();
+        assert!(log.next_transaction(Instant::now()).is_err());
+        writeln!(f, "f -").unwrap();
+        assert!(log.next_transaction(Instant::now()).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
