@@ -336,6 +336,15 @@ fn ms(v: f64) -> String {
     }
 }
 
+/// Milliseconds below 10 s, else seconds.
+fn ms_or_secs(v: f64) -> String {
+    if v >= 10_000.0 {
+        format!("{:.1} s", v / 1e3)
+    } else {
+        ms(v)
+    }
+}
+
 fn secs(v_ms: f64) -> String {
     format!("{:.2} s", v_ms / 1e3)
 }
@@ -607,9 +616,9 @@ fn rows() -> Vec<(&'static str, Cell)> {
                 let confirmed = k.changes.iter().filter(|c| c.confirmed).count();
                 Some(format!(
                     "{} / {} / {} ({} changes, {} then in its table)",
-                    ms(l.p50),
-                    ms(l.p99),
-                    ms(l.max),
+                    ms_or_secs(l.p50),
+                    ms_or_secs(l.p99),
+                    ms_or_secs(l.max),
                     k.changes.len(),
                     confirmed
                 ))
@@ -617,7 +626,7 @@ fn rows() -> Vec<(&'static str, Cell)> {
         ),
         ("  its own sync (SyncProxyRules elapsed) p50 / p99", |r| {
             let s = r.kube_proxy()?.sync?;
-            Some(format!("{} / {}", ms(s.p50), ms(s.p99)))
+            Some(format!("{} / {}", ms_or_secs(s.p50), ms_or_secs(s.p99)))
         }),
         (
             "kube-proxy: peak RSS (VmHWM) after first sync / at end; largest nft child",
