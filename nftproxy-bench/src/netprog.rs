@@ -84,7 +84,7 @@ pub(crate) struct Quantiles {
     pub(crate) mean: f64,
 }
 
-fn quantiles(mut v: Vec<f64>) -> Option<Quantiles> {
+pub(crate) fn quantiles(mut v: Vec<f64>) -> Option<Quantiles> {
     if v.is_empty() {
         return None;
     }

@@ -7,7 +7,7 @@ use crate::cluster::Counts;
 use crate::dataplane::Latency;
 use crate::inproc::InProcess;
 use crate::kernel::{ApplyRun, ReferenceRun};
-use crate::netprog::KubeProxyRun;
+use crate::netprog::{quantiles, KubeProxyRun};
 
 /// The machine the run happened on.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -624,6 +624,12 @@ fn rows() -> Vec<(&'static str, Cell)> {
                 ))
             },
         ),
+        ("  its nft per sync: listing its table / transaction p50", |r| {
+            let k = r.kube_proxy()?;
+            let list = quantiles(k.changes.iter().map(|c| c.nft_list_ms).collect())?;
+            let tx = quantiles(k.changes.iter().map(|c| c.nft_transaction_ms).collect())?;
+            Some(format!("{} / {}", ms_or_secs(list.p50), ms_or_secs(tx.p50)))
+        }),
         ("  its own sync (SyncProxyRules elapsed) p50 / p99", |r| {
             let s = r.kube_proxy()?.sync?;
             Some(format!("{} / {}", ms_or_secs(s.p50), ms_or_secs(s.p99)))

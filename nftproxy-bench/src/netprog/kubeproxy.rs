@@ -70,6 +70,10 @@ pub(crate) struct KubeProxyChange {
     pub(crate) request_ms: f64,
     /// kube-proxy's own `elapsed` of the sync, from its log.
     pub(crate) sync_ms: Option<f64>,
+    /// Its nft calls for the sync (from the wrapper's log, 10 ms resolution): the listings
+    /// (`nft --json --terse list table ...`) and the transaction.
+    pub(crate) nft_list_ms: f64,
+    pub(crate) nft_transaction_ms: f64,
     /// Whether the listing of kube-proxy's table after the changes shows the address.
     pub(crate) confirmed: bool,
 }
@@ -411,18 +415,46 @@ impl CallLog {
         self.read().map(drop)
     }
 
-    /// When the next transaction (`nft -f -`, not `--check`) was seen to exit, looking every 2 ms.
-    fn next_transaction(&mut self, deadline: Instant) -> Result<Instant> {
+    /// When the next transaction (`nft -f -`, not `--check`) was seen to exit, looking every 2 ms,
+    /// and the calls up to it (the transaction last).
+    fn next_transaction(&mut self, deadline: Instant) -> Result<(Instant, Vec<String>)> {
+        let mut seen = Vec::new();
         loop {
             let lines = self.read()?;
             let now = Instant::now();
-            if lines.iter().any(|l| is_transaction(l)) {
-                return Ok(now);
+            for l in lines {
+                let done = is_transaction(&l);
+                seen.push(l);
+                if done {
+                    return Ok((now, seen));
+                }
             }
             ensure!(now < deadline, "no transaction in time");
             std::thread::sleep(Duration::from_millis(2));
         }
     }
+}
+
+/// Seconds of the listing calls (`list`) and of the transaction among `calls`, in milliseconds.
+fn split_calls(calls: &[String]) -> (f64, f64) {
+    let secs = |l: &str| {
+        l.split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_default()
+            * 1e3
+    };
+    let list = calls
+        .iter()
+        .filter(|l| l.contains(" list "))
+        .map(|l| secs(l))
+        .sum();
+    let tx = calls
+        .iter()
+        .filter(|l| is_transaction(l))
+        .map(|l| secs(l))
+        .sum();
+    (list, tx)
 }
 
 /// Whether a line of the nft wrapper's log is a transaction (`<s> <KiB> /usr/sbin/nft -f -`).
@@ -653,9 +685,10 @@ impl Child {
                 .block_on(api.patch(&s.name, &PatchParams::default(), &body))
                 .with_context(|| format!("patching {}/{}", s.namespace, s.name))?;
             let request_ms = t0.elapsed().as_secs_f64() * 1e3;
-            let t1 = calls
+            let (t1, nft_calls) = calls
                 .next_transaction(t0 + CHANGE_TIMEOUT)
                 .with_context(|| format!("change {what}: waiting for kube-proxy's transaction"))?;
+            let (nft_list_ms, nft_transaction_ms) = split_calls(&nft_calls);
             // kube-proxy's log line for the sync comes right after the transaction.
             let (mut sync_ms, mut sync_end) = (None, t1);
             let until = Instant::now() + Duration::from_secs(30);
@@ -675,15 +708,20 @@ impl Child {
                 latency_ms: (t1 - t0).as_secs_f64() * 1e3,
                 request_ms,
                 sync_ms,
+                nft_list_ms,
+                nft_transaction_ms,
                 confirmed: false,
             };
             say(
                 &self.spec,
                 &format!(
-                    "    {}: {:.1} ms to its transaction's end (kube-proxy's sync {:.1} ms)",
+                    "    {}: {:.1} ms to its transaction's end (kube-proxy's sync {:.1} ms; nft: \
+                     listing {:.0} ms, transaction {:.0} ms)",
                     c.what,
                     c.latency_ms,
                     c.sync_ms.unwrap_or_default(),
+                    c.nft_list_ms,
+                    c.nft_transaction_ms,
                 ),
             );
             run.changes.push(c);
@@ -776,7 +814,10 @@ mod tests {
         .unwrap();
         assert!(log.next_transaction(Instant::now()).is_err());
         writeln!(f, "f -").unwrap();
-        assert!(log.next_transaction(Instant::now()).is_ok());
+        let (_, calls) = log.next_transaction(Instant::now()).unwrap();
+        assert_eq!(split_calls(&calls), (0.0, 20.0));
+        let list = ["1.50 9 /usr/sbin/nft --json --terse list table ip kube-proxy".to_owned()];
+        assert_eq!(split_calls(&list), (1500.0, 0.0));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
