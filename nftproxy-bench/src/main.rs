@@ -16,7 +16,9 @@
 //! 5. the `nftproxy run` daemon against a real kube-apiserver (`scripts/realapi`) loaded with the
 //!    N services: first full sync, network programming latency (EndpointSlice patched → sync
 //!    done) over 100 changes, peak RSS ([`netprog`]; `--no-apiserver` skips it, `--only-apiserver`
-//!    runs only it).
+//!    runs only it); with `--kube-proxy`, then the real kube-proxy in nftables mode on the same API
+//!    server and objects: its first full sync, one-endpoint syncs until the kernel has them, its
+//!    and its nft children's peak RSS, and the ratios to the daemon's figures.
 //!
 //! It prints one table, with PASS/MISS next to each target, and optionally writes JSON. Everything
 //! touching the kernel happens in throwaway namespaces (`nftp-bench-<pid>-*`), deleted on the way
@@ -124,6 +126,16 @@ struct Cli {
     /// Requests in flight while loading the API server.
     #[arg(long, value_name = "N", default_value_t = 32)]
     netprog_concurrency: usize,
+    /// Also measure the real kube-proxy (nftables mode, built by `scripts/realapi`) against the
+    /// same API server and objects, after the daemon (minutes at 10k services).
+    #[arg(long, overrides_with = "no_kube_proxy")]
+    kube_proxy: bool,
+    /// Do not measure kube-proxy (the default; overrides an earlier --kube-proxy).
+    #[arg(long, overrides_with = "kube_proxy")]
+    no_kube_proxy: bool,
+    /// One-endpoint changes timed with kube-proxy (each takes seconds at 10k services).
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    kube_proxy_changes: usize,
 }
 
 /// Run by the benchmark itself inside the data-plane pod namespaces.
@@ -426,7 +438,19 @@ fn machine() -> Machine {
         cpu,
         kernel: read("/proc/sys/kernel/osrelease").trim().to_owned(),
         nft,
+        load_start: loadavg(),
+        load_end: String::new(),
     }
+}
+
+/// The 1, 5 and 15 minute load averages.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn is_root() -> bool {
@@ -497,7 +521,9 @@ fn run(cli: Cli) -> Result<bool> {
         Some(_) if cli.netprog_changes == 0 => Err("--netprog-changes 0".to_owned()),
         Some(bin) => {
             let script = repo_root.join("scripts/realapi");
-            netprog::realapi_built(&script).map(|()| netprog::Setup {
+            netprog::realapi_built(&script).map(|bin_dir| netprog::Setup {
+                kube_proxy: (cli.kube_proxy && cli.kube_proxy_changes > 0)
+                    .then(|| (bin_dir.join("kube-proxy"), cli.kube_proxy_changes)),
                 script,
                 exe: exe.clone(),
                 nftproxy: bin,
@@ -535,6 +561,8 @@ fn run(cli: Cli) -> Result<bool> {
         .iter()
         .map(|&n| run_scale(&ctx, n))
         .collect();
+    let mut machine = machine;
+    machine.load_end = loadavg();
     let report = Report {
         targets: report::evaluate(&results),
         machine,
@@ -542,7 +570,9 @@ fn run(cli: Cli) -> Result<bool> {
         rss_method: "nftproxy: VmHWM from /proc/<pid>/status polled every 2 ms (cross-check: \
                      /usr/bin/time %M, which includes its nft children); nft: each call run by an \
                      NFTPROXY_NFT wrapper under /usr/bin/time -f %M; nftproxy run (real API server): \
-                     VmHWM of the daemon process at the end of each run, the larger shown",
+                     VmHWM of the daemon process at the end of each run, the larger shown; \
+                     kube-proxy: its VmHWM, and its nft children's through an nft wrapper first on \
+                     its PATH running nft under /usr/bin/time -f %M",
         results,
     };
     print_report(&report);
@@ -561,6 +591,10 @@ fn print_report(report: &Report) {
         m.nproc, m.cpu, m.kernel, m.nft
     );
     println!("command: {}", report.command);
+    println!(
+        "load average (1/5/15 min) at start: {}; at end: {}",
+        m.load_start, m.load_end
+    );
     println!();
     print!("{}", report::table(report));
     println!();
@@ -583,6 +617,21 @@ fn print_report(report: &Report) {
         for e in &r.errors {
             println!("{} x {}: ERROR {e}", r.services, r.endpoints_per_service);
         }
+    }
+    if report
+        .results
+        .iter()
+        .any(|r| r.netprog.as_ref().is_some_and(|p| p.kube_proxy.is_some()))
+    {
+        println!(
+            "kube-proxy: first full sync = its start to its first IPv4 `SyncProxyRules complete` \
+             line (-v=2); one-endpoint sync = PATCH until its nft transaction carrying the change \
+             has exited (the kernel has committed it; seen in its nft wrapper's log within 2 ms), \
+             all changes then checked in one listing of its table; ours = PATCH to the daemon's \
+             `sync done` line, which follows its nft transaction's exit (so the ratio is if \
+             anything understated); the daemon's rows also show PATCH to the kernel's commit \
+             (nft monitor) where nft monitor could start (not at 10k)"
+        );
     }
     println!("peak RSS: {}", report.rss_method);
     let (pass, miss) =

@@ -51,12 +51,20 @@ use serde_json::{json, Value};
 
 use crate::netns::{Netns, Reaped};
 
+mod kubeproxy;
+
+pub(crate) use kubeproxy::{KubeProxyRun, KubeProxySpec};
+
 /// The API server's NodePort range (`scripts/realapi` passes `--service-node-port-range`).
 const NODE_PORT_MAX: u64 = 32_767;
 /// Pause after a change's sync line on top of minSyncPeriod.
 const SPACING: Duration = Duration::from_millis(100);
 /// Longest wait for one change's sync.
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest wait, after the daemon's sync line, for `nft monitor` to report that sync's commit.
+const MONITOR_WAIT: Duration = Duration::from_secs(2);
+/// Longest wait for `nft monitor` to be ready during the daemon's runs.
+const MONITOR_READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest wait for the first full sync.
 const FIRST_SYNC_TIMEOUT: Duration = Duration::from_secs(900);
 /// Prefix of the state directories in the work directory: `netprog-<pid>-<n>x<m>`.
@@ -76,7 +84,7 @@ pub(crate) struct Quantiles {
     pub(crate) mean: f64,
 }
 
-fn quantiles(mut v: Vec<f64>) -> Option<Quantiles> {
+pub(crate) fn quantiles(mut v: Vec<f64>) -> Option<Quantiles> {
     if v.is_empty() {
         return None;
     }
@@ -138,6 +146,9 @@ pub(crate) struct Change {
     pub(crate) latency_ms: f64,
     /// The PATCH request's round trip.
     pub(crate) request_ms: f64,
+    /// Request sent → the kernel's commit of the change (`nft monitor`), as measured for
+    /// kube-proxy.
+    pub(crate) kernel_ms: Option<f64>,
     pub(crate) sync: SyncLine,
 }
 
@@ -155,6 +166,10 @@ pub(crate) struct Run {
     pub(crate) first_sync: SyncLine,
     pub(crate) changes: Vec<Change>,
     pub(crate) latency: Option<Quantiles>,
+    /// Request sent → the kernel's commit (`nft monitor`), over the changes it was seen for.
+    pub(crate) kernel: Option<Quantiles>,
+    /// Why there are no kernel commit times.
+    pub(crate) kernel_skipped: Option<String>,
     /// The daemon's `duration_ms` of the changes' syncs.
     pub(crate) sync: Option<Quantiles>,
     /// PATCH round trips.
@@ -192,6 +207,10 @@ pub(crate) struct NetProg {
     pub(crate) apiserver_hwm_kib: Option<u64>,
     pub(crate) apiserver_rss_kib: Option<u64>,
     pub(crate) etcd_hwm_kib: Option<u64>,
+    /// kube-proxy on the same API server and objects, after the daemon's runs.
+    pub(crate) kube_proxy: Option<KubeProxyRun>,
+    /// Why that is missing.
+    pub(crate) kube_proxy_skipped: Option<String>,
     /// The whole stage, servers' start to stop.
     pub(crate) stage_ms: f64,
     /// Checks that failed (each also an error of the scale).
@@ -222,20 +241,26 @@ pub(crate) struct Setup {
     pub(crate) min_sync_periods: Vec<String>,
     pub(crate) changes: usize,
     pub(crate) concurrency: usize,
+    /// kube-proxy's binary and how many one-endpoint changes to time, if it is measured.
+    pub(crate) kube_proxy: Option<(PathBuf, usize)>,
 }
 
-/// `scripts/realapi bin`: `Ok` when the servers are built, else why not.
-pub(crate) fn realapi_built(script: &Path) -> std::result::Result<(), String> {
+/// `scripts/realapi bin`: the directory of the built servers (and kube-proxy), else why not.
+pub(crate) fn realapi_built(script: &Path) -> std::result::Result<PathBuf, String> {
     let out = Command::new(script)
         .arg("bin")
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .output()
         .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err("kube-apiserver/etcd not built: run `scripts/realapi build`".to_owned())
+    let dir = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .map(|l| PathBuf::from(l.trim()))
+        .filter(|d| d.is_dir());
+    match dir {
+        Some(dir) if out.status.success() => Ok(dir),
+        _ => Err("kube-apiserver/etcd not built: run `scripts/realapi build`".to_owned()),
     }
 }
 
@@ -315,6 +340,8 @@ pub(crate) struct Spec {
     node_name: String,
     node_ip: String,
     cluster_cidr: String,
+    /// kube-proxy, run after the daemon's runs.
+    kube_proxy: Option<KubeProxySpec>,
 }
 
 /// The ClusterIP range for `n` generated services (172.16.0.10 upwards, see `cluster`).
@@ -390,6 +417,16 @@ pub(crate) fn measure(setup: &Setup, snapshot: &Path, n: usize, m: usize) -> Res
         node_name: crate::NODE_NAME.to_owned(),
         node_ip: crate::NODE_IP.to_owned(),
         cluster_cidr: crate::CLUSTER_CIDR.to_owned(),
+        kube_proxy: setup
+            .kube_proxy
+            .as_ref()
+            .map(|(bin, changes)| KubeProxySpec {
+                bin: bin.clone(),
+                changes: *changes,
+                log: setup
+                    .workdir
+                    .join(format!("netprog-kube-proxy-{n}x{m}.log")),
+            }),
     };
     let spec_path = dir.join("netprog-spec.json");
     std::fs::write(&spec_path, serde_json::to_vec_pretty(&spec)?)?;
@@ -658,7 +695,20 @@ fn has_ip(text: &str, ip: &str) -> bool {
     })
 }
 
-/// The running daemon and its stderr, line by line with the time each was read.
+/// Which output of a [`Daemon`] is read line by line (stdout to nowhere, or stderr to a file).
+#[derive(Debug, Clone, Copy)]
+enum Output {
+    Stdout,
+    Stderr,
+}
+
+/// Where a [`Daemon`] read on its stdout writes its stderr: `<log>.stderr`.
+fn stderr_log(log: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.stderr", log.display()))
+}
+
+/// A running daemon and its stderr (or stdout), line by line with the time each was read; the
+/// lines are also written to a log file. Killed and reaped on drop.
 struct Daemon {
     pid: u32,
     child: Option<Reaped>,
@@ -668,6 +718,48 @@ struct Daemon {
 }
 
 impl Daemon {
+    /// Starts `cmd` (stdin from /dev/null) and a thread that reads and timestamps `output`'s
+    /// lines as they arrive, copying them to the file `log`.
+    fn spawn(mut cmd: Command, output: Output, log: PathBuf) -> Result<Self> {
+        let mut file =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        cmd.stdin(Stdio::null());
+        match output {
+            Output::Stdout => {
+                let err = stderr_log(&log);
+                let file = std::fs::File::create(&err)
+                    .with_context(|| format!("creating {}", err.display()))?;
+                cmd.stdout(Stdio::piped()).stderr(file)
+            }
+            Output::Stderr => cmd.stdout(Stdio::null()).stderr(Stdio::piped()),
+        };
+        let mut child = cmd.spawn()?;
+        let pid = child.id();
+        let pipe: Box<dyn std::io::Read + Send> = match output {
+            Output::Stdout => Box::new(child.stdout.take().context("no stdout pipe")?),
+            Output::Stderr => Box::new(child.stderr.take().context("no stderr pipe")?),
+        };
+        let child = Reaped(child);
+        let (tx, rx) = mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                let t = Instant::now();
+                let _ = writeln!(file, "{line}");
+                if tx.send((t, line)).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Self {
+            pid,
+            child: Some(child),
+            lines: rx,
+            reader: Some(reader),
+            log,
+        })
+    }
+
     /// The next line, waiting until `deadline`.
     fn line(&self, deadline: Instant) -> Result<(Instant, String)> {
         let wait = deadline.saturating_duration_since(Instant::now());
@@ -755,6 +847,24 @@ impl Child {
             }
             let run = self.run(period, i, periods.len(), &mut result.problems)?;
             result.runs.push(run);
+        }
+        if let Some(kp) = self.spec.kube_proxy.clone() {
+            self.delete_tables()?;
+            match self.kube_proxy(&kp) {
+                Ok(run) => {
+                    result
+                        .problems
+                        .extend(run.problems.iter().map(|l| format!("kube-proxy: {l}")));
+                    result.kube_proxy = Some(run);
+                }
+                Err(e) => {
+                    result.problems.push(format!("kube-proxy: {e:#}"));
+                    result.kube_proxy_skipped = Some("failed".to_owned());
+                }
+            }
+            self.delete_tables()?;
+        } else {
+            result.kube_proxy_skipped = Some("no --kube-proxy".to_owned());
         }
         let dir = &self.spec.realapi_dir;
         if let Some(pid) = pid_file(&dir.join("apiserver.pid")) {
@@ -944,8 +1054,6 @@ impl Child {
     fn spawn_daemon(&self, period: &str, flag: bool) -> Result<Daemon> {
         let spec = &self.spec;
         let log = PathBuf::from(format!("{}-{period}.log", spec.daemon_log.display()));
-        let mut file =
-            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let mut cmd = Command::new(&spec.nftproxy);
         cmd.arg("run")
             .arg("--kubeconfig")
@@ -955,34 +1063,9 @@ impl Child {
         if flag {
             cmd.args(["--min-sync-period", period]);
         }
-        cmd.env_remove("NFTPROXY_LOG")
-            .env_remove("NFTPROXY_NFT")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("starting {} run", spec.nftproxy.display()))?;
-        let pid = child.id();
-        let stderr = child.stderr.take().context("no stderr pipe")?;
-        let (tx, rx) = mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let t = Instant::now();
-                let _ = writeln!(file, "{line}");
-                if tx.send((t, line)).is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(Daemon {
-            pid,
-            child: Some(Reaped(child)),
-            lines: rx,
-            reader: Some(reader),
-            log,
-        })
+        cmd.env_remove("NFTPROXY_LOG").env_remove("NFTPROXY_NFT");
+        Daemon::spawn(cmd, Output::Stderr, log)
+            .with_context(|| format!("starting {} run", spec.nftproxy.display()))
     }
 
     /// The next change: slice index, the new endpoint list, a description, and the endpoint
@@ -1077,6 +1160,19 @@ impl Child {
         );
         run.extra_syncs +=
             daemon.quiet_until(Instant::now() + min_sync + Duration::from_millis(500))?;
+        // Best effort: at 10k services `nft monitor` reading the daemon's ~500k elements first
+        // was not ready within minutes.
+        let monitor = kubeproxy::find_nft()
+            .and_then(|nft| {
+                let log = PathBuf::from(format!("{}.monitor", run.log.display()));
+                kubeproxy::monitor(&nft, log, MONITOR_READY_TIMEOUT)
+            })
+            .map_err(|e| {
+                let why = format!("{e:#}");
+                say(&self.spec, &format!("    no kernel commit times: {why}"));
+                run.kernel_skipped = Some(why);
+            })
+            .ok();
 
         // Different services in every run: slices 1.. (0 is the probe's), spread evenly.
         let total = self.spec.changes * runs;
@@ -1090,6 +1186,9 @@ impl Child {
                 if SyncLine::parse(&l)?.is_some() {
                     run.extra_syncs += 1;
                 }
+            }
+            if let Some(m) = &monitor {
+                while m.lines.try_recv().is_ok() {}
             }
             let s = &self.slices[slice];
             let api: Api<EndpointSlice> = Api::namespaced(self.client.clone(), &s.namespace);
@@ -1109,17 +1208,26 @@ impl Child {
                     break (t, sync);
                 }
             };
+            // The commit was reported before or just after the sync line.
+            let kernel_ms = monitor.as_ref().and_then(|m| {
+                kubeproxy::commit_with(m, "ip nftproxy", &ip, t1 + MONITOR_WAIT)
+                    .ok()
+                    .map(|(t, _)| (t - t0).as_secs_f64() * 1e3)
+            });
             self.slices[slice].endpoints = eps;
             expect.insert(ip, (present, what.clone()));
             run.changes.push(Change {
                 what,
                 latency_ms: (t1 - t0).as_secs_f64() * 1e3,
                 request_ms,
+                kernel_ms,
                 sync,
             });
             run.extra_syncs += daemon.quiet_until(t1 + min_sync + SPACING)?;
         }
+        drop(monitor);
         run.latency = quantiles(run.changes.iter().map(|c| c.latency_ms).collect());
+        run.kernel = quantiles(run.changes.iter().filter_map(|c| c.kernel_ms).collect());
         run.sync = quantiles(run.changes.iter().map(|c| c.sync.duration_ms).collect());
         run.request = quantiles(run.changes.iter().map(|c| c.request_ms).collect());
         run.daemon_hwm_kib = proc_status_kib(daemon.pid, "VmHWM");
@@ -1162,12 +1270,13 @@ impl Child {
             say(
                 &self.spec,
                 &format!(
-                    "    {} changes: latency p50 {:.1} / p99 {:.1} / max {:.1} ms; {}/{} in the kernel; \
-                     peak RSS {} KiB",
+                    "    {} changes: latency p50 {:.1} / p99 {:.1} / max {:.1} ms (to the kernel's commit \
+                     p50 {:.1} ms); {}/{} in the kernel; peak RSS {} KiB",
                     run.changes.len(),
                     l.p50,
                     l.p99,
                     l.max,
+                    run.kernel.map_or(f64::NAN, |k| k.p50),
                     run.in_kernel,
                     expect.len(),
                     run.daemon_hwm_kib.unwrap_or_default()

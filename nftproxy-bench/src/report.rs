@@ -7,6 +7,7 @@ use crate::cluster::Counts;
 use crate::dataplane::Latency;
 use crate::inproc::InProcess;
 use crate::kernel::{ApplyRun, ReferenceRun};
+use crate::netprog::{quantiles, KubeProxyRun};
 
 /// The machine the run happened on.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -15,6 +16,10 @@ pub(crate) struct Machine {
     pub(crate) cpu: String,
     pub(crate) kernel: String,
     pub(crate) nft: String,
+    /// `/proc/loadavg`'s 1, 5 and 15 minute load averages when the run started and ended (other
+    /// jobs on the machine show here).
+    pub(crate) load_start: String,
+    pub(crate) load_end: String,
 }
 
 /// One incremental apply.
@@ -73,6 +78,28 @@ pub(crate) struct ScaleResult {
 impl ScaleResult {
     fn ratio_reference(&self) -> Option<f64> {
         Some(self.reference.as_ref()?.wall_ms / self.full_apply.as_ref()?.wall_ms)
+    }
+
+    fn kube_proxy(&self) -> Option<&KubeProxyRun> {
+        self.netprog.as_ref()?.kube_proxy.as_ref()
+    }
+
+    /// The daemon's run against the real API server that the kube-proxy ratios compare with:
+    /// minSyncPeriod 1s, kube-proxy's default too.
+    fn daemon_run(&self) -> Option<&crate::netprog::Run> {
+        let p = self.netprog.as_ref()?;
+        p.run("1s").or(p.runs.first())
+    }
+
+    /// kube-proxy's first full sync over the daemon's (both from process start).
+    fn ratio_kube_proxy_first_sync(&self) -> Option<f64> {
+        Some(self.kube_proxy()?.first_sync_ms / self.daemon_run()?.first_sync_ms)
+    }
+
+    /// kube-proxy's one-endpoint latency p50 over the daemon's: PATCH until each one's nft
+    /// transaction has exited (the daemon's `sync done` line comes just after).
+    fn ratio_kube_proxy_endpoint(&self) -> Option<f64> {
+        Some(self.kube_proxy()?.latency?.p50 / self.daemon_run()?.latency?.p50)
     }
 }
 
@@ -269,6 +296,21 @@ fn netprog_latency(r: &ScaleResult, period: &str) -> Option<String> {
     Some(text)
 }
 
+/// PATCH to the kernel's commit, as measured for kube-proxy, in the run with this minSyncPeriod.
+fn netprog_kernel(r: &ScaleResult, period: &str) -> Option<String> {
+    let run = r.netprog.as_ref()?.run(period)?;
+    if let Some(why) = &run.kernel_skipped {
+        return Some(format!("not measured ({why})"));
+    }
+    let k = run.kernel.as_ref()?;
+    let seen = run.changes.iter().filter(|c| c.kernel_ms.is_some()).count();
+    let mut text = format!("{} / {} / {}", ms(k.p50), ms(k.p99), ms(k.max));
+    if seen != run.changes.len() {
+        text.push_str(&format!(" ({seen} of {} changes seen)", run.changes.len()));
+    }
+    Some(text)
+}
+
 /// The daemon's own sync time and the PATCH round trip of that run.
 fn netprog_parts(r: &ScaleResult, period: &str) -> Option<String> {
     let run = r.netprog.as_ref()?.run(period)?;
@@ -291,6 +333,15 @@ fn ms(v: f64) -> String {
         format!("{v:.1} ms")
     } else {
         format!("{v:.2} ms")
+    }
+}
+
+/// Milliseconds below 10 s, else seconds.
+fn ms_or_secs(v: f64) -> String {
+    if v >= 10_000.0 {
+        format!("{:.1} s", v / 1e3)
+    } else {
+        ms(v)
     }
 }
 
@@ -442,6 +493,14 @@ fn rows() -> Vec<(&'static str, Cell)> {
         ("reference / ours (full apply)", |r| {
             Some(format!("{:.1}x", r.ratio_reference()?))
         }),
+        (
+            "kube-proxy / ours (first full sync, real API server, from process start)",
+            |r| Some(format!("{:.1}x", r.ratio_kube_proxy_first_sync()?)),
+        ),
+        (
+            "kube-proxy / ours (one-endpoint sync p50, real API server, minSyncPeriod 1s)",
+            |r| Some(format!("{:.1}x", r.ratio_kube_proxy_endpoint()?)),
+        ),
         ("data plane: base services, median / p99", |r| {
             let d = r.dataplane.as_ref()?;
             Some(format!(
@@ -499,6 +558,10 @@ fn rows() -> Vec<(&'static str, Cell)> {
             |r| netprog_parts(r, "1s"),
         ),
         (
+            "  PATCH to kernel commit (nft monitor) p50 / p99 / max (minSyncPeriod 1s)",
+            |r| netprog_kernel(r, "1s"),
+        ),
+        (
             "daemon: network programming latency p50 / p99 / max (100 changes, minSyncPeriod 0s)",
             |r| netprog_latency(r, "0s"),
         ),
@@ -523,6 +586,68 @@ fn rows() -> Vec<(&'static str, Cell)> {
                 mb_kib(p.etcd_hwm_kib?)
             ))
         }),
+        (
+            "kube-proxy (real API server): first full sync (wall; its elapsed; its metrics)",
+            |r| {
+                let p = r.netprog.as_ref()?;
+                if let Some(why) = &p.kube_proxy_skipped {
+                    return Some(format!("not run ({why})"));
+                }
+                let k = p.kube_proxy.as_ref()?;
+                let opt = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), secs);
+                Some(format!(
+                    "{} (elapsed {}; metrics: full sync {}, last sync {} after start)",
+                    secs(k.first_sync_ms),
+                    opt(k.first_sync_elapsed_ms),
+                    opt(k.metric_full_sync_ms),
+                    opt(k.metric_last_sync_ms)
+                ))
+            },
+        ),
+        ("  kube-proxy's table: chains / rules / set+map elements", |r| {
+            let t = r.kube_proxy()?.table?;
+            Some(format!("{} / {} / {}", t.chains, t.rules, t.elements))
+        }),
+        (
+            "kube-proxy: one-endpoint sync, PATCH to its nft transaction's exit p50 / p99 / max",
+            |r| {
+                let k = r.kube_proxy()?;
+                let l = k.latency?;
+                let confirmed = k.changes.iter().filter(|c| c.confirmed).count();
+                Some(format!(
+                    "{} / {} / {} ({} changes, {} then in its table)",
+                    ms_or_secs(l.p50),
+                    ms_or_secs(l.p99),
+                    ms_or_secs(l.max),
+                    k.changes.len(),
+                    confirmed
+                ))
+            },
+        ),
+        ("  its nft per sync: listing its table / transaction p50", |r| {
+            let k = r.kube_proxy()?;
+            let list = quantiles(k.changes.iter().map(|c| c.nft_list_ms).collect())?;
+            let tx = quantiles(k.changes.iter().map(|c| c.nft_transaction_ms).collect())?;
+            Some(format!("{} / {}", ms_or_secs(list.p50), ms_or_secs(tx.p50)))
+        }),
+        ("  its own sync (SyncProxyRules elapsed) p50 / p99", |r| {
+            let s = r.kube_proxy()?.sync?;
+            Some(format!("{} / {}", ms_or_secs(s.p50), ms_or_secs(s.p99)))
+        }),
+        (
+            "kube-proxy: peak RSS (VmHWM) after first sync / at end; largest nft child",
+            |r| {
+                let k = r.kube_proxy()?;
+                let opt = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), mb_kib);
+                Some(format!(
+                    "{} / {}; nft {} ({} calls)",
+                    opt(k.hwm_first_sync_kib),
+                    opt(k.hwm_kib),
+                    opt(k.nft_hwm_kib),
+                    k.nft_calls
+                ))
+            },
+        ),
         ("  stage wall time (servers up to down)", |r| {
             let p = r.netprog.as_ref()?;
             Some(format!(
