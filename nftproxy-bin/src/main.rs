@@ -48,7 +48,8 @@ enum Command {
     Apply {
         #[command(flatten)]
         input: InputArgs,
-        /// How to talk to nft (default: JSON if the installed nft accepts our ruleset, else text).
+        /// How to program the kernel (default: netlink if it works, else JSON if the installed nft
+        /// accepts our ruleset, else text).
         #[arg(long, value_enum)]
         backend: Option<nft::Backend>,
         /// Print the transaction instead of sending it.
@@ -64,7 +65,7 @@ enum Command {
         /// Table name (as `nftproxy.tableName` in the config).
         #[arg(long, default_value = "nftproxy")]
         table: String,
-        /// How to talk to nft.
+        /// How to program the kernel (default: JSON).
         #[arg(long, value_enum)]
         backend: Option<nft::Backend>,
     },
@@ -139,7 +140,8 @@ struct RunArgs {
     /// Retry interval after a failed sync, e.g. 30s (nftables.syncPeriod).
     #[arg(long, value_name = "DURATION")]
     sync_period: Option<String>,
-    /// How to talk to nft (default: JSON if the installed nft accepts our ruleset, else text).
+    /// How to program the kernel (default: netlink if it works, else JSON if the installed nft
+    /// accepts our ruleset, else text).
     #[arg(long, value_enum)]
     backend: Option<nft::Backend>,
     /// Take over from kube-proxy: once our rules are in place, delete kube-proxy's `ip` and

@@ -769,10 +769,11 @@ fn failed_syncs_make_the_proxy_unhealthy_until_a_retry_succeeds() {
     let wrapper = failing_nft(cluster.api.dir(), &flag);
     let wrapper_s = wrapper.to_str().expect("utf-8 path").to_string();
     const SYNC_PERIOD: Duration = Duration::from_secs(2);
+    // The failure is injected through nft, so the daemon must send its batches through nft.
     let mut daemon = start_as(
         &cluster,
         User::KubeProxy,
-        &["--sync-period", "2s"],
+        &["--sync-period", "2s", "--backend", "json"],
         &[("NFTPROXY_NFT", &wrapper_s)],
     );
     let web = addr(WEB, 80);
