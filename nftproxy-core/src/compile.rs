@@ -755,6 +755,16 @@ impl<'a> FamilyBuilder<'a> {
         external_ips.sort();
         external_ips.dedup();
         external_ips.retain(|ip| !lb_ips.contains(ip));
+        for ip in external_ips.iter().filter(|ip| self.node_ips.contains(ip)) {
+            // Programmed as kube-proxy does, but worth hearing about: CVE-2020-8554.
+            self.warnings.push(Warning {
+                object: format!("Service {}", svc.name),
+                message: format!(
+                    "spec.externalIPs: {ip} is this node's own address: connections to the \
+                     service's ports on it, the node's own included, go to the service's endpoints"
+                ),
+            });
+        }
         let node_port_type = matches!(
             svc.service_type,
             ServiceType::NodePort | ServiceType::LoadBalancer
@@ -1875,6 +1885,26 @@ mod tests {
             assert!(size <= 2 * slots + n as usize + 50, "{size}");
             assert!(sets <= slots + 30, "{sets}");
         }
+    }
+
+    #[test]
+    fn an_external_ip_of_the_node_itself_is_warned_about() {
+        let snapshot = crate::parse::parse_snapshot(
+            "apiVersion: v1\nkind: Service\nmetadata: { name: web, namespace: default }\n\
+             spec: { clusterIP: 172.30.0.10, externalIPs: [192.168.0.2, 203.0.113.7], \
+             ports: [{ port: 22 }] }\n",
+        )
+        .unwrap()
+        .snapshot;
+        let compiled = compile(&snapshot, &config()).unwrap();
+        let w: Vec<String> = compiled.warnings.iter().map(|w| w.to_string()).collect();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with(
+                "Service default/web: spec.externalIPs: 192.168.0.2 is this node's own address"
+            ),
+            "{w:?}"
+        );
     }
 
     #[test]
