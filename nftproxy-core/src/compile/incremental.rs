@@ -19,6 +19,7 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use super::compact::CompactKey;
 use super::{
     check_config, is_ours, CompileError, FamilyBuilder, KeySpace, LbSpec, NodeContext, Warning,
 };
@@ -33,7 +34,8 @@ use crate::snapshot::{EndpointSlice, IpFamily, ObjectName, Service, Snapshot};
 struct Elem {
     /// The set or map, interned (see [`IncrementalCompiler::set_names`]).
     set: Arc<str>,
-    key: Box<[Value]>,
+    /// The key, encoded (see [`CompactKey`]).
+    key: CompactKey,
     data: Option<ElemData>,
 }
 
@@ -43,7 +45,7 @@ struct Elem {
 struct ElemId(IpFamily, Arc<Elem>);
 
 impl ElemId {
-    fn parts(&self) -> (IpFamily, &str, &[Value]) {
+    fn parts(&self) -> (IpFamily, &str, &CompactKey) {
         (self.0, &self.1.set, &self.1.key)
     }
 }
@@ -317,7 +319,7 @@ impl IncrementalCompiler {
                 for (key, data) in &set.elements {
                     part.elems.push(Arc::new(Elem {
                         set: name.clone(),
-                        key: key.as_slice().into(),
+                        key: CompactKey::new(key),
                         data: data.clone(),
                     }));
                 }
@@ -535,7 +537,7 @@ impl IncrementalCompiler {
             if before == after {
                 continue;
             }
-            let (set, key) = (e.set.to_string(), e.key.to_vec());
+            let (set, key) = (e.set.to_string(), e.key.values());
             if let Some(data) = before {
                 self.removed.push(RemovedElement {
                     family: *f,
