@@ -603,7 +603,7 @@ impl IncrementalCompiler {
             families.insert(IpFamily::V6);
         }
         self.rebuild_from(snapshot, ctx, families, Some(kernel))
-            .map(|_| ())
+            .map(drop)
     }
 
     /// Compiles everything from scratch and plans from the previous ruleset.
@@ -614,16 +614,19 @@ impl IncrementalCompiler {
         families: BTreeSet<IpFamily>,
     ) -> Result<Transaction, CompileError> {
         self.rebuild_from(snapshot, ctx, families, None)
+            .map(|tx| tx.unwrap_or_default())
     }
 
-    /// [`Self::rebuild`], keeping the slots of `slots_from` (default: the previous ruleset).
+    /// [`Self::rebuild`], keeping the slots of `slots_from` (default: the previous ruleset). With
+    /// `slots_from` (a resync, whose caller plans from the kernel's tables), no transaction is
+    /// planned: on a first sync it would be a copy of every element, thrown away.
     fn rebuild_from(
         &mut self,
         snapshot: &Snapshot,
         ctx: NodeContext,
         families: BTreeSet<IpFamily>,
         slots_from: Option<&Ruleset>,
-    ) -> Result<Transaction, CompileError> {
+    ) -> Result<Option<Transaction>, CompileError> {
         let old = std::mem::take(&mut self.ruleset);
         let previous = slots_from.unwrap_or(&old);
         self.services.clear();
@@ -668,7 +671,7 @@ impl IncrementalCompiler {
         self.skeleton = self.build_skeleton(&ctx);
         self.signature = self.structure_signature();
         self.node = Some(ctx);
-        let tx = plan::plan(&old, &full);
+        let tx = slots_from.is_none().then(|| plan::plan(&old, &full));
         self.removed = removed_elements(&old, &full);
         self.ruleset = full;
         Ok(tx)
