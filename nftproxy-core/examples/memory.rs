@@ -44,6 +44,37 @@ fn report(stage: &str) -> f64 {
     now
 }
 
+/// Drives `engine` until it has nothing to do at `now`; returns the operations it sent. Without
+/// the Fake (`engine_only`), a read-back finds what the engine last sent.
+fn drive(engine: &mut Engine, fake: &mut Fake, engine_only: bool, now: Instant) -> usize {
+    let mut ops = 0;
+    while let Some(action) = engine.poll(now) {
+        match action {
+            Action::ReadBack => {
+                let kernel = if engine_only {
+                    engine.ruleset().clone()
+                } else {
+                    fake.dump().clone()
+                };
+                engine.readback_done(Ok(kernel), now);
+            }
+            Action::Apply(a) => {
+                ops += a.transaction.ops.len();
+                let result = if engine_only {
+                    Ok(())
+                } else {
+                    fake.apply(&a.transaction).map_err(|e| e.to_string())
+                };
+                drop(a);
+                engine.apply_done(result, now);
+            }
+            Action::DeleteConntrack(_) => engine.conntrack_done(Ok(0), now),
+            _ => break,
+        }
+    }
+    ops
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let engine_only = args.iter().any(|a| a == "--engine-only");
@@ -106,24 +137,14 @@ fn main() {
     drop(text);
     let parsed = report("objects handed to the engine");
     let mut fake = Fake::new();
-    let mut ops = 0;
-    while let Some(action) = engine.poll(Instant::now()) {
-        match action {
-            Action::ReadBack => engine.readback_done(Ok(fake.dump().clone()), Instant::now()),
-            Action::Apply(a) => {
-                ops += a.transaction.ops.len();
-                let result = if engine_only {
-                    Ok(())
-                } else {
-                    fake.apply(&a.transaction).map_err(|e| e.to_string())
-                };
-                drop(a);
-                engine.apply_done(result, Instant::now());
-            }
-            Action::DeleteConntrack(_) => engine.conntrack_done(Ok(0), Instant::now()),
-            _ => break,
-        }
-    }
+    let start = Instant::now();
+    let ops = drive(&mut engine, &mut fake, engine_only, start);
+    let first = report(&format!("first full sync done ({ops} ops)"));
+    let (_, first_peak) = rss();
+    // The hourly full sync: a read-back of everything, compiled and compared again.
+    let later = start + timing.full_sync_period + Duration::from_secs(1);
+    let ops = drive(&mut engine, &mut fake, engine_only, later);
+    report(&format!("next full sync done ({ops} ops)"));
     let elements: usize = engine
         .ruleset()
         .tables
@@ -131,12 +152,12 @@ fn main() {
         .flat_map(|t| t.sets.values())
         .map(|s| s.elements.len())
         .sum();
-    let now = report(&format!("first full sync done ({ops} ops)"));
     let (_, peak) = rss();
     drop(fake);
     println!(
-        "{elements} elements; {}: VmRSS {now:.1} MB, VmHWM {peak:.1} MB \
-         (at start {base:.1} MB; objects handed over {parsed:.1} MB)",
+        "{elements} elements; {}: after the first full sync VmRSS {first:.1} MB, VmHWM \
+         {first_peak:.1} MB; after the next VmHWM {peak:.1} MB (at start {base:.1} MB; objects \
+         handed over {parsed:.1} MB)",
         if engine_only {
             "engine only"
         } else {
