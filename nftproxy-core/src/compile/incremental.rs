@@ -627,8 +627,7 @@ impl IncrementalCompiler {
         families: BTreeSet<IpFamily>,
         slots_from: Option<&Ruleset>,
     ) -> Result<Option<Transaction>, CompileError> {
-        let old = std::mem::take(&mut self.ruleset);
-        let previous = slots_from.unwrap_or(&old);
+        let mut old = std::mem::take(&mut self.ruleset);
         self.services.clear();
         self.elems.clear();
         self.specs.clear();
@@ -638,7 +637,11 @@ impl IncrementalCompiler {
         self.families = families;
         self.conflicted = false;
         self.v6_services = self.all_v6_services(snapshot);
-        let compiled = match super::compile_with_previous(snapshot, &self.config, previous) {
+        let compiled = match super::compile_with_previous(
+            snapshot,
+            &self.config,
+            slots_from.unwrap_or(&old),
+        ) {
             Ok(c) => c,
             Err(e) => {
                 // Never turn a compile error into an empty ruleset (whose transaction would
@@ -650,6 +653,13 @@ impl IncrementalCompiler {
         };
         let (full, warnings) = (compiled.ruleset, compiled.warnings);
         self.warnings = warnings;
+        let removed = removed_elements(&old, &full);
+        let tx = slots_from.is_none().then(|| plan::plan(&old, &full));
+        if slots_from.is_some() {
+            // Not needed for slots: let it go before the contributions are built.
+            old = Ruleset::default();
+        }
+        let previous = slots_from.unwrap_or(&old);
         self.set_names.clear();
         self.intern_set_names(&full);
         let all: BTreeSet<ObjectName> = snapshot.services.keys().cloned().collect();
@@ -666,13 +676,15 @@ impl IncrementalCompiler {
             if self.add(&c, &mut scratch).is_err() {
                 self.conflicted = true;
             }
+            // The changes are of no use here (the ruleset is the full compile's): kept, they
+            // would be one more entry per element.
+            scratch.clear();
             self.services.insert(svc.name.clone(), c);
         }
         self.skeleton = self.build_skeleton(&ctx);
         self.signature = self.structure_signature();
         self.node = Some(ctx);
-        let tx = slots_from.is_none().then(|| plan::plan(&old, &full));
-        self.removed = removed_elements(&old, &full);
+        self.removed = removed;
         self.ruleset = full;
         Ok(tx)
     }
