@@ -116,6 +116,7 @@ pub mod names {
 }
 use names::*;
 
+mod compact;
 pub mod incremental;
 pub use incremental::{removed_elements, IncrementalCompiler, RemovedElement};
 

@@ -15,8 +15,11 @@
 //! disappears, or when two services claim the same key with different data, the update falls back
 //! to a full compile and a full plan.
 
+use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
+use super::compact::CompactKey;
 use super::{
     check_config, is_ours, CompileError, FamilyBuilder, KeySpace, LbSpec, NodeContext, Warning,
 };
@@ -25,13 +28,52 @@ use crate::plan::{self, Op, TableRef, Transaction};
 use crate::ruleset::{ElemData, Ruleset, Table, Value};
 use crate::snapshot::{EndpointSlice, IpFamily, ObjectName, Service, Snapshot};
 
-/// One element of one set of one family's table.
-type ElemId = (IpFamily, String, Vec<Value>);
+/// One element a service puts in one set, shared by its contribution and the element index (so
+/// the incremental compiler holds each element once, besides the ruleset's own copy).
+#[derive(Debug, PartialEq, Eq)]
+struct Elem {
+    /// The set or map, interned (see [`IncrementalCompiler::set_names`]).
+    set: Arc<str>,
+    /// The key, encoded (see [`CompactKey`]).
+    key: CompactKey,
+    data: Option<ElemData>,
+}
+
+/// One element of one set of one family's table, ordered by family, set and key (not data: one
+/// key holds one element).
+#[derive(Debug, Clone)]
+struct ElemId(IpFamily, Arc<Elem>);
+
+impl ElemId {
+    fn parts(&self) -> (IpFamily, &str, &CompactKey) {
+        (self.0, &self.1.set, &self.1.key)
+    }
+}
+
+impl PartialEq for ElemId {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for ElemId {}
+
+impl PartialOrd for ElemId {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ElemId {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.parts().cmp(&other.parts())
+    }
+}
 
 /// What one service adds to one family's table.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 struct FamilyPart {
-    elems: Vec<(String, Vec<Value>, Option<ElemData>)>,
+    elems: Vec<Arc<Elem>>,
     specs: Vec<LbSpec>,
     slots: Vec<(KeySpace, u32)>,
     port_slots: Vec<(KeySpace, u32)>,
@@ -40,13 +82,6 @@ struct FamilyPart {
 
 /// What one service adds to the ruleset, per family.
 type Contribution = BTreeMap<IpFamily, FamilyPart>;
-
-/// Reference-counted element: how many services put it there, with which data.
-#[derive(Debug, Clone)]
-struct ElemRef {
-    count: u32,
-    data: Option<ElemData>,
-}
 
 /// An element before and after an update (`None`: absent).
 type ElemChange = (Option<Option<ElemData>>, Option<Option<ElemData>>);
@@ -58,7 +93,11 @@ pub struct IncrementalCompiler {
     node: Option<NodeContext>,
     families: BTreeSet<IpFamily>,
     services: BTreeMap<ObjectName, Contribution>,
-    elems: BTreeMap<ElemId, ElemRef>,
+    /// How many services put each element there; the data is the first one's (the others' is
+    /// equal, or the compiler is conflicted).
+    elems: BTreeMap<ElemId, u32>,
+    /// Set names of the current ruleset, so that elements share one name per set.
+    set_names: BTreeSet<Arc<str>>,
     specs: BTreeMap<(IpFamily, LbSpec), u32>,
     slots: BTreeMap<(IpFamily, KeySpace, u32), u32>,
     port_slots: BTreeMap<(IpFamily, KeySpace, u32), u32>,
@@ -112,6 +151,7 @@ impl IncrementalCompiler {
             families: BTreeSet::new(),
             services: BTreeMap::new(),
             elems: BTreeMap::new(),
+            set_names: BTreeSet::new(),
             specs: BTreeMap::new(),
             slots: BTreeMap::new(),
             port_slots: BTreeMap::new(),
@@ -275,8 +315,13 @@ impl IncrementalCompiler {
             b.add_service(svc, slices, &self.config.node_name, ctx.zone.as_deref());
             let mut part = FamilyPart::default();
             for (name, set) in &b.sets {
+                let name = self.set_name(name);
                 for (key, data) in &set.elements {
-                    part.elems.push((name.clone(), key.clone(), data.clone()));
+                    part.elems.push(Arc::new(Elem {
+                        set: name.clone(),
+                        key: CompactKey::new(key),
+                        data: data.clone(),
+                    }));
                 }
             }
             part.specs = b.lb_specs.iter().copied().collect();
@@ -294,6 +339,25 @@ impl IncrementalCompiler {
         out
     }
 
+    /// The interned name of a set.
+    fn set_name(&self, name: &str) -> Arc<str> {
+        self.set_names
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| Arc::from(name))
+    }
+
+    /// Remembers the set names of `rs` for [`Self::set_name`].
+    fn intern_set_names(&mut self, rs: &Ruleset) {
+        for table in rs.tables.values() {
+            for name in table.sets.keys() {
+                if !self.set_names.contains(name.as_str()) {
+                    self.set_names.insert(Arc::from(name.as_str()));
+                }
+            }
+        }
+    }
+
     /// Adds a contribution's references; returns whether the structure (chains, slot maps,
     /// affinity sets) changed.
     fn add(
@@ -303,9 +367,9 @@ impl IncrementalCompiler {
     ) -> Result<bool, Conflict> {
         // Check for conflicts first, so a failed add leaves nothing half-done.
         for (f, part) in c {
-            for (set, key, data) in &part.elems {
-                if let Some(r) = self.elems.get(&(*f, set.clone(), key.clone())) {
-                    if r.data != *data {
+            for e in &part.elems {
+                if let Some((id, _)) = self.elems.get_key_value(&ElemId(*f, e.clone())) {
+                    if id.1.data != e.data {
                         return Err(Conflict);
                     }
                 }
@@ -313,16 +377,13 @@ impl IncrementalCompiler {
         }
         let mut structure = false;
         for (f, part) in c {
-            for (set, key, data) in &part.elems {
-                let id = (*f, set.clone(), key.clone());
-                let r = self.elems.entry(id.clone()).or_insert(ElemRef {
-                    count: 0,
-                    data: data.clone(),
-                });
-                r.count += 1;
-                if r.count == 1 {
+            for e in &part.elems {
+                let id = ElemId(*f, e.clone());
+                let count = self.elems.entry(id.clone()).or_insert(0);
+                *count += 1;
+                if *count == 1 {
                     let change = delta.entry(id).or_insert((None, None));
-                    change.1 = Some(data.clone());
+                    change.1 = Some(e.data.clone());
                 }
             }
             structure |= bump(&mut self.specs, part.specs.iter().map(|s| (*f, *s)), true);
@@ -349,17 +410,17 @@ impl IncrementalCompiler {
     fn subtract(&mut self, c: &Contribution, delta: &mut BTreeMap<ElemId, ElemChange>) -> bool {
         let mut structure = false;
         for (f, part) in c {
-            for (set, key, data) in &part.elems {
-                let id = (*f, set.clone(), key.clone());
-                let Some(r) = self.elems.get_mut(&id) else {
+            for e in &part.elems {
+                let id = ElemId(*f, e.clone());
+                let Some(count) = self.elems.get_mut(&id) else {
                     continue;
                 };
-                r.count -= 1;
-                if r.count == 0 {
+                *count -= 1;
+                if *count == 0 {
                     self.elems.remove(&id);
                     let change = delta.entry(id).or_insert((None, None));
                     if change.0.is_none() && change.1.is_none() {
-                        change.0 = Some(data.clone());
+                        change.0 = Some(e.data.clone());
                     } else {
                         // Added earlier in this update, removed again.
                         change.1 = None;
@@ -460,6 +521,7 @@ impl IncrementalCompiler {
         self.ruleset
             .tables
             .retain(|f, _| skeleton.tables.contains_key(f));
+        self.intern_set_names(&skeleton);
         self.skeleton = skeleton;
     }
 
@@ -471,10 +533,11 @@ impl IncrementalCompiler {
     ) -> Vec<Op> {
         let mut deletes: BTreeMap<(IpFamily, String), Vec<Vec<Value>>> = BTreeMap::new();
         let mut adds: BTreeMap<(IpFamily, String), Vec<plan::Element>> = BTreeMap::new();
-        for ((f, set, key), (before, after)) in delta {
+        for (ElemId(f, e), (before, after)) in delta {
             if before == after {
                 continue;
             }
+            let (set, key) = (e.set.to_string(), e.key.values());
             if let Some(data) = before {
                 self.removed.push(RemovedElement {
                     family: *f,
@@ -499,11 +562,11 @@ impl IncrementalCompiler {
                 .ruleset
                 .tables
                 .get_mut(f)
-                .and_then(|t| t.sets.get_mut(set))
+                .and_then(|t| t.sets.get_mut(&set))
             {
                 match after {
                     Some(data) => s.elements.insert(key.clone(), data.clone()),
-                    None => s.elements.remove(key),
+                    None => s.elements.remove(&key),
                 };
             }
         }
@@ -540,7 +603,7 @@ impl IncrementalCompiler {
             families.insert(IpFamily::V6);
         }
         self.rebuild_from(snapshot, ctx, families, Some(kernel))
-            .map(|_| ())
+            .map(drop)
     }
 
     /// Compiles everything from scratch and plans from the previous ruleset.
@@ -551,18 +614,20 @@ impl IncrementalCompiler {
         families: BTreeSet<IpFamily>,
     ) -> Result<Transaction, CompileError> {
         self.rebuild_from(snapshot, ctx, families, None)
+            .map(|tx| tx.unwrap_or_default())
     }
 
-    /// [`Self::rebuild`], keeping the slots of `slots_from` (default: the previous ruleset).
+    /// [`Self::rebuild`], keeping the slots of `slots_from` (default: the previous ruleset). With
+    /// `slots_from` (a resync, whose caller plans from the kernel's tables), no transaction is
+    /// planned: on a first sync it would be a copy of every element, thrown away.
     fn rebuild_from(
         &mut self,
         snapshot: &Snapshot,
         ctx: NodeContext,
         families: BTreeSet<IpFamily>,
         slots_from: Option<&Ruleset>,
-    ) -> Result<Transaction, CompileError> {
-        let old = std::mem::take(&mut self.ruleset);
-        let previous = slots_from.unwrap_or(&old);
+    ) -> Result<Option<Transaction>, CompileError> {
+        let mut old = std::mem::take(&mut self.ruleset);
         self.services.clear();
         self.elems.clear();
         self.specs.clear();
@@ -572,7 +637,11 @@ impl IncrementalCompiler {
         self.families = families;
         self.conflicted = false;
         self.v6_services = self.all_v6_services(snapshot);
-        let compiled = match super::compile_with_previous(snapshot, &self.config, previous) {
+        let compiled = match super::compile_with_previous(
+            snapshot,
+            &self.config,
+            slots_from.unwrap_or(&old),
+        ) {
             Ok(c) => c,
             Err(e) => {
                 // Never turn a compile error into an empty ruleset (whose transaction would
@@ -584,6 +653,15 @@ impl IncrementalCompiler {
         };
         let (full, warnings) = (compiled.ruleset, compiled.warnings);
         self.warnings = warnings;
+        let removed = removed_elements(&old, &full);
+        let tx = slots_from.is_none().then(|| plan::plan(&old, &full));
+        if slots_from.is_some() {
+            // Not needed for slots: let it go before the contributions are built.
+            old = Ruleset::default();
+        }
+        let previous = slots_from.unwrap_or(&old);
+        self.set_names.clear();
+        self.intern_set_names(&full);
         let all: BTreeSet<ObjectName> = snapshot.services.keys().cloned().collect();
         let slices = slices_of(snapshot, &all);
         let mut scratch = BTreeMap::new();
@@ -598,13 +676,15 @@ impl IncrementalCompiler {
             if self.add(&c, &mut scratch).is_err() {
                 self.conflicted = true;
             }
+            // The changes are of no use here (the ruleset is the full compile's): kept, they
+            // would be one more entry per element.
+            scratch.clear();
             self.services.insert(svc.name.clone(), c);
         }
         self.skeleton = self.build_skeleton(&ctx);
         self.signature = self.structure_signature();
         self.node = Some(ctx);
-        let tx = plan::plan(&old, &full);
-        self.removed = removed_elements(&old, &full);
+        self.removed = removed;
         self.ruleset = full;
         Ok(tx)
     }
