@@ -69,7 +69,7 @@ pub(crate) fn measure(
     };
     let kernel = Kernel {
         nft: Nft::in_netns(&ns.name),
-        backend: Backend::Json,
+        backend: Backend::Netlink,
         table: config.table_name.clone(),
     };
     let timing = SyncTiming {

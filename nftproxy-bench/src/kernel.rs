@@ -151,7 +151,7 @@ impl Nftproxy {
             "--cluster-cidr",
             crate::CLUSTER_CIDR,
             "--backend",
-            "json",
+            "netlink",
         ]);
         let mut cmd = ns.command(&argv);
         cmd.stdin(Stdio::null())
