@@ -967,11 +967,25 @@ impl<'a> FamilyBuilder<'a> {
         let f = self.family;
         // Headroom: slots up to the next power of two of the largest endpoint count (at least
         // MIN_SLOTS), so that an endpoint more or less is mostly element changes; at most twice
-        // what is used. Load-balancing chains are only those in use: one per distinct (count,
-        // offset, affinity), each as long as its count, so their total size is at most the sum
-        // of the services' endpoint counts.
+        // what is used. Load-balancing chains beyond the first MIN_SLOTS counts are only those in
+        // use: one per distinct (count, offset, affinity), each as long as its count, so their
+        // total size is at most the sum of the services' endpoint counts plus a constant.
         for n in self.slots.values_mut() {
             *n = provisioned_slots(*n);
+        }
+        // Plain chains for the small counts most services have, whether in use or not: a
+        // constant 36 numgen branches per key space, so that a small service growing or
+        // shrinking by one endpoint changes only elements.
+        let spaces: Vec<KeySpace> = self.slots.keys().copied().collect();
+        for space in spaces {
+            for count in 1..=MIN_SLOTS {
+                self.lb_specs.insert(LbSpec {
+                    space,
+                    count,
+                    offset: 0,
+                    affinity: false,
+                });
+            }
         }
         for n in self.port_slots.values_mut() {
             *n = provisioned_slots(*n);
@@ -1881,9 +1895,10 @@ mod tests {
             let slots = provisioned_slots(n) as usize;
             // Per endpoint: its address in its slot map; plus the key's own elements.
             assert!(elements <= n as usize + 10, "{elements}");
-            // Slot chains (two rules at most) and one lb chain of n branches.
-            assert!(chains <= slots + 30, "{chains}");
-            assert!(size <= 2 * slots + n as usize + 50, "{size}");
+            // Slot chains (two rules at most), one lb chain of n branches, and the plain chains
+            // for counts 1..=MIN_SLOTS (36 branches).
+            assert!(chains <= slots + 40, "{chains}");
+            assert!(size <= 2 * slots + n as usize + 100, "{size}");
             assert!(sets <= slots + 30, "{sets}");
         }
     }
