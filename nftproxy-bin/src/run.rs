@@ -24,6 +24,7 @@ use kube::runtime::watcher::{self, watcher};
 use kube::{Api, Client};
 use nftproxy_core::engine::{Event, Object, ResourceKind, SyncReport};
 use nftproxy_core::parse::DaemonConfig;
+use nftproxy_core::snapshot::IpFamily;
 use nftproxy_core::Engine;
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
@@ -510,38 +511,24 @@ fn configz(c: &DaemonConfig) -> serde_json::Value {
 /// Where healthCheckNodePort servers listen: the node addresses NodePorts answer on, or every
 /// address when nodePortAddresses matches all (kube-proxy's rule).
 fn health_check_addresses(engine: &Engine) -> Vec<std::net::IpAddr> {
+    use nftproxy_core::compile::{node_addresses, nodeport_addresses, NodePortAddresses};
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
     let config = engine.config();
-    let match_all: Vec<IpAddr> = config
-        .node_port_addresses
-        .iter()
-        .filter(|n| n.prefix_len() == 0)
-        .map(|n| match n {
-            ipnet::IpNet::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            ipnet::IpNet::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-        })
-        .collect();
-    if !match_all.is_empty() {
-        return match_all;
+    let node_ips = node_addresses(engine.snapshot(), config);
+    let mut out = Vec::new();
+    for f in engine.families() {
+        match nodeport_addresses(&node_ips, config, f) {
+            NodePortAddresses::AllLocal => out.push(match f {
+                IpFamily::V4 => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                IpFamily::V6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            }),
+            NodePortAddresses::These(ips) => out.extend(ips),
+        }
     }
-    let node_ips = nftproxy_core::compile::node_addresses(engine.snapshot(), config);
-    let picked: Vec<IpAddr> = if config.node_port_addresses.is_empty() {
-        // "primary" (the default): the node's first IP of each family, as the compiler's
-        // `nodeport-ips` holds.
-        let v4 = node_ips.iter().find(|ip| ip.is_ipv4()).copied();
-        let v6 = node_ips.iter().find(|ip| ip.is_ipv6()).copied();
-        v4.into_iter().chain(v6).collect()
-    } else {
-        node_ips
-            .into_iter()
-            .filter(|ip| config.node_port_addresses.iter().any(|n| n.contains(ip)))
-            .collect()
-    };
-    if picked.is_empty() {
-        vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)]
-    } else {
-        picked
+    if out.is_empty() {
+        out.push(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     }
+    out
 }
 
 /// kube-proxy's Event for a healthCheckNodePort that cannot be bound.

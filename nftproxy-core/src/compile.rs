@@ -1637,38 +1637,54 @@ impl<'a> FamilyBuilder<'a> {
                 .map(|c| c.trunc())
                 .collect(),
         );
-        let fam_ips: Vec<IpAddr> = ctx
-            .node_ips
-            .iter()
-            .copied()
-            .filter(|ip| IpFamily::of(ip) == f)
-            .collect();
-        let npa: Vec<IpNet> = config
-            .node_port_addresses
-            .iter()
-            .copied()
-            .filter(|c| IpFamily::of(&c.addr()) == f)
-            .collect();
-        if npa.iter().any(|c| c.prefix_len() == 0)
-            || (npa.is_empty() && !config.node_port_addresses.is_empty())
-        {
-            // A zero CIDR, or no CIDR of this family at all (kube-proxy's NodePortAddresses then
-            // uses the zero CIDR): every local address.
-            b.nodeports_all_local = true;
-        } else if config.node_port_addresses.is_empty() {
-            // kube-proxy's "primary": the node's first IP of this family.
-            if let Some(ip) = fam_ips.first() {
-                b.put_shared(NODEPORT_IPS, vec![Value::Addr(*ip)]);
-            }
-        } else {
-            for ip in fam_ips
-                .iter()
-                .filter(|ip| npa.iter().any(|c| c.contains(*ip)))
-            {
-                b.put_shared(NODEPORT_IPS, vec![Value::Addr(*ip)]);
+        match nodeport_addresses(&ctx.node_ips, config, f) {
+            NodePortAddresses::AllLocal => b.nodeports_all_local = true,
+            NodePortAddresses::These(ips) => {
+                for ip in ips {
+                    b.put_shared(NODEPORT_IPS, vec![Value::Addr(ip)]);
+                }
             }
         }
         b
+    }
+}
+
+/// Where NodePorts of one family answer (and the healthCheckNodePort servers listen).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodePortAddresses {
+    /// Every local address but loopback: a zero CIDR, or `nodePortAddresses` without a CIDR of
+    /// this family (kube-proxy then uses the zero CIDR).
+    AllLocal,
+    /// These node addresses: the first of the family for the default ("primary"), else those
+    /// inside `nodePortAddresses`.
+    These(Vec<IpAddr>),
+}
+
+/// kube-proxy's `nodePortAddresses` decision for family `f`, given the node's IPs.
+pub fn nodeport_addresses(
+    node_ips: &[IpAddr],
+    config: &ProxyConfig,
+    f: IpFamily,
+) -> NodePortAddresses {
+    let mut fam_ips = node_ips.iter().copied().filter(|ip| IpFamily::of(ip) == f);
+    let npa: Vec<IpNet> = config
+        .node_port_addresses
+        .iter()
+        .copied()
+        .filter(|c| IpFamily::of(&c.addr()) == f)
+        .collect();
+    if npa.iter().any(|c| c.prefix_len() == 0)
+        || (npa.is_empty() && !config.node_port_addresses.is_empty())
+    {
+        NodePortAddresses::AllLocal
+    } else if config.node_port_addresses.is_empty() {
+        NodePortAddresses::These(fam_ips.next().into_iter().collect())
+    } else {
+        NodePortAddresses::These(
+            fam_ips
+                .filter(|ip| npa.iter().any(|c| c.contains(ip)))
+                .collect(),
+        )
     }
 }
 
